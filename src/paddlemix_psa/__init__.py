@@ -1,0 +1,37 @@
+"""paddlemix_psa: Pyramid Sparse Attention (arXiv 2512.04025) for PaddlePaddle.
+
+Importing the package is cheap: Paddle, Triton and the hosts are imported only when a name that needs them
+is first used.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "AttentionConfig": "paddlemix_psa.config",
+    "psa_attention": "paddlemix_psa.ops.attention",
+    "psa_attention_with_map": "paddlemix_psa.ops.attention",
+    "build_level_map": "paddlemix_psa.ops.attention",
+    "PSAStats": "paddlemix_psa.stats",
+    "stats": "paddlemix_psa.stats",
+    "print_stats": "paddlemix_psa.stats",
+    "enable_stats": "paddlemix_psa.stats",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'paddlemix_psa' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
