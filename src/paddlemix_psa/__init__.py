@@ -15,10 +15,10 @@ _EXPORTS = {
     "psa_attention": "paddlemix_psa.ops.attention",
     "psa_attention_with_map": "paddlemix_psa.ops.attention",
     "build_level_map": "paddlemix_psa.ops.attention",
-    "PSAStats": "paddlemix_psa.stats",
-    "stats": "paddlemix_psa.stats",
-    "print_stats": "paddlemix_psa.stats",
-    "enable_stats": "paddlemix_psa.stats",
+    "PSAStats": "paddlemix_psa.statistics",
+    "stats": "paddlemix_psa.statistics",
+    "print_stats": "paddlemix_psa.statistics",
+    "enable_stats": "paddlemix_psa.statistics",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -14,7 +14,7 @@ import paddle
 from ..config import AttentionConfig
 from ..reference import (build_level_map_ref, level_histogram, psa_attention_ref, similarity_cap,
                          xattn_block_scores)
-from ..stats import REGISTRY, PSAStats
+from ..statistics import REGISTRY, PSAStats
 from . import dispatch
 from ._checks import check_level_map, check_qkv, check_scale, to_bhsd
 

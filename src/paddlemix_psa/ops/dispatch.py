@@ -12,7 +12,7 @@ import paddle
 
 from .. import _env
 from ..config import LEVELS, AttentionConfig
-from ..stats import REGISTRY
+from ..statistics import REGISTRY
 from ._checks import dtype_name
 from ._launch import kernel_args, launch_scope
 

@@ -25,7 +25,7 @@ def level_map_to_lut(level_map: paddle.Tensor, *, Lq: int, Lk: int, query_block:
         sel = (M == p) & valid
         sort_key = paddle.where(sel, t * nk + j, sort_key)
         counts.append(sel.astype("int32").sum(axis=-1))
-    counts = paddle.stack(counts, axis=-1)
+    counts = paddle.stack(counts, axis=-1).astype("int32")
     order = paddle.argsort(sort_key, axis=-1)
     kept = paddle.arange(nk, dtype="int32")[None, None, None, :] < counts.sum(axis=-1, keepdim=True).astype("int32")
     lut = paddle.where(kept, order.astype("int32"), paddle.zeros_like(order, dtype="int32"))

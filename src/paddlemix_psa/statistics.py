@@ -165,7 +165,7 @@ class StatsRegistry:
                                f" (PADDLEMIX_PSA_STRICT=1 turns these into errors)")
         if first:
             level = logging.INFO if expected else logging.WARNING
-            logger.log(level, "paddlemix_psa: dense fallback '%s'%s (logged once; counted in paddlemix_psa.stats())",
+            logger.log(level, "paddlemix_psa: dense fallback '%s'%s (logged once; counted in paddlemix_psa.statistics())",
                        reason, f": {detail}" if detail else "")
 
     def summary(self) -> PSAStats:
