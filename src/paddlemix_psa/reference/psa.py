@@ -53,7 +53,10 @@ def psa_attention_ref(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, leve
         rows = r1 - r0
         k_end = min((J[i] + 1) * key_block, Lk)
         keys, vals, bias, allowed = [], [], [], []
+        row_map = M[:, :, i, :J[i] + 1]
         for p, (kp, vp, b_p, blk, last_key) in pyramid.items():
+            if not bool((row_map == p).any()):     # no head keeps this level in this row: no keys to add
+                continue
             n = cdiv(k_end, p)
             row_levels = paddle.index_select(M[:, :, i, :], blk[:n], axis=2)   # [B, H_q, n]
             ok = row_levels == p

@@ -1,0 +1,1 @@
+"""The `paddlemix-psa` console command."""
