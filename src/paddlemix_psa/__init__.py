@@ -19,7 +19,11 @@ _EXPORTS = {
     "stats": "paddlemix_psa.statistics",
     "print_stats": "paddlemix_psa.statistics",
     "enable_stats": "paddlemix_psa.statistics",
+    "QwenVLInference": "paddlemix_psa.app.inference",
 }
+_EXPORTS.update({name: "paddlemix_psa.integrations" for name in (
+    "register", "is_registered", "collect_stats", "reset_stats", "set_attn_implementation",
+    "load_attention_plugins")})
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
@@ -35,3 +39,23 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
+
+
+def _arm_hosts() -> None:
+    """Register `psa` with hosts already imported and arm the post-import hook for the others (cheap)."""
+    import sys
+    hook = sys.modules.get("paddlemix_psa.integrations._autoload")
+    if getattr(hook, "_IN_HOOK", False):     # imported by the autoload hook itself, not by the user
+        return
+    try:
+        from .integrations import _autoload
+        _autoload.arm(force=True)
+        if any(name in sys.modules for name in _autoload.WATCHED):
+            from .integrations import arm
+            arm()
+    except Exception as exc:  # never break `import paddlemix_psa`
+        import logging
+        logging.getLogger("paddlemix_psa").warning("paddlemix_psa: host registration failed: %r", exc)
+
+
+_arm_hosts()

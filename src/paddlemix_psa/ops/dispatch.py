@@ -34,14 +34,14 @@ def _triton_importable() -> bool:
 
 def _kernel_blocker(q: paddle.Tensor) -> str | None:
     """Why the kernels cannot run on q (None when they can)."""
+    if q.place.is_cpu_place() and not _interpreting():
+        return "cpu_tensor"
     if not paddle.in_dynamic_mode():
         return "static_graph"
     if not _triton_importable():
         return "triton_unavailable"
     dt = dtype_name(q)
     if q.place.is_cpu_place():
-        if not _interpreting():
-            return "cpu_tensor"
         return None if dt in INTERPRET_DTYPES else f"dtype:{dt}"
     if not q.place.is_gpu_place():
         return "device"
