@@ -1,0 +1,377 @@
+#!/usr/bin/env python3
+"""PSA attention benchmark on one GPU with torch tensors (the device machine has no Paddle).
+
+Shapes: the Qwen2.5-VL-7B LLM (H_q=28, H_kv=4, D=128, bf16, causal, B=1) at several lengths.
+Rows per length:
+  dense        torch SDPA, fastest of the flash / cuDNN / efficient backends (named in the table)
+  psa@d        PSA attention kernel alone on a fixed structured level map of FLOP density d (pool + lut prebuilt)
+  psa-full     the whole kernel pipeline (estimate -> select -> lut -> pool -> attention), default config,
+               on structured synthetic inputs; "est share" = (estimate + similarity + select + lut) / total
+Columns: median ms (triton.testing.do_bench, cold L2), ratio = dense ms / row ms, TFLOP/s of the work done
+(density x dense causal FLOPs / time), measured density, cosine and rel-L2 of the output vs dense.
+
+    PYTHONPATH=src python3 benchmarks/bench_attention.py --lengths 8k,16k,32k,64k,128k
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import traceback
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for p in (os.path.join(ROOT, "src"), os.path.join(ROOT, "tests", "gpu"), os.path.join(ROOT, "tests")):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.testing import do_bench  # noqa: E402
+
+import torch_oracle as T  # noqa: E402
+from paddlemix_psa.kernels.attn_fwd import psa_attn_fwd  # noqa: E402
+from paddlemix_psa.kernels.pool import psa_pool_kv  # noqa: E402
+
+HQ, HKV, D, B = 28, 4, 128, 1
+QB, KB = 128, 32
+
+
+def parse_len(s):
+    s = s.strip().lower()
+    return int(float(s[:-1]) * 1024) if s.endswith("k") else int(s)
+
+
+def bench_ms(fn, rep_ms=300):
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    est = (time.perf_counter() - t0) * 1e3
+    rep = max(rep_ms, 5 * est)
+    return float(do_bench(fn, warmup=max(25, 2 * est), rep=rep, return_mode="median"))
+
+
+def synthetic_qkv(L, seed=0, dtype=torch.bfloat16):
+    """Tokens in contiguous runs sharing a 'semantic' direction in Q and K, plus a smooth local component
+    (locality); V locally smooth. Per KV head its own directions; query heads of a group share them."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    dev = "cuda"
+    # run boundaries: lengths 64..1024
+    n_runs_max = L // 64 + 2
+    lens = torch.randint(64, 1025, (n_runs_max,), generator=g, device=dev)
+    run_id = torch.repeat_interleave(torch.arange(n_runs_max, device=dev), lens)[:L]
+    n_runs = int(run_id.max()) + 1
+    # a pool of 'semantic' directions; runs draw from it so distant runs can be related (retrieval)
+    n_topics = max(8, n_runs // 4)
+    topic = torch.randint(0, n_topics, (n_runs,), generator=g, device=dev)
+
+    def smooth(shape, width):
+        x = torch.randn(shape, generator=g, device=dev)
+        c = torch.cumsum(x, dim=-2)
+        c = torch.cat([torch.zeros_like(c[..., :width, :]), c], dim=-2)
+        y = (c[..., width:, :] - c[..., :-width, :]) / math.sqrt(width)
+        return y
+
+    dirs = torch.randn((HKV, n_topics, D), generator=g, device=dev)  # ~N(0,1) entries
+    sem = dirs[:, topic[run_id]]  # [HKV, L, D]
+    loc_k = smooth((HKV, L, D), 64)
+    k = 0.6 * sem + 0.4 * loc_k + 0.5 * torch.randn((HKV, L, D), generator=g, device=dev)
+    G = HQ // HKV
+    q = (0.6 * sem.repeat_interleave(G, 0) + 0.4 * loc_k.repeat_interleave(G, 0)
+         + 0.5 * torch.randn((HQ, L, D), generator=g, device=dev))
+    v = smooth((HKV, L, D), 32) + 0.3 * torch.randn((HKV, L, D), generator=g, device=dev)
+    return (q[None].to(dtype).contiguous(), k[None].to(dtype).contiguous(), v[None].to(dtype).contiguous())
+
+
+def pick_dense(q, k, v, only=None):
+    """Fastest available SDPA backend (native GQA if it runs, else K/V repeated outside the timed region);
+    returns (name, fn, choice). ``only``: a previous ``choice`` (backend name, gqa flag) to reuse."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    F = torch.nn.functional
+    cands = []
+    for name in ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION"):
+        be = getattr(SDPBackend, name, None)
+        if be is None or (only is not None and only[0] != name):
+            continue
+        for gqa in (True, False):
+            if only is not None and only[1] != gqa:
+                continue
+            if gqa:
+                def fn(be=be):
+                    with sdpa_kernel(be):
+                        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            else:
+                kr, vr = k.repeat_interleave(HQ // HKV, 1), v.repeat_interleave(HQ // HKV, 1)
+
+                def fn(be=be, kr=kr, vr=vr):
+                    with sdpa_kernel(be):
+                        return F.scaled_dot_product_attention(q, kr, vr, is_causal=True)
+            try:
+                fn()
+                torch.cuda.synchronize()
+                ms = bench_ms(fn, rep_ms=100)
+                cands.append((ms, f"sdpa-{name.split('_')[0].lower()}{'' if gqa else '(kv repeated)'}", fn,
+                              (name, gqa)))
+                break
+            except Exception as e:  # backend unavailable for these inputs
+                print(f"  dense backend {name} gqa={gqa}: unavailable ({type(e).__name__}: {str(e)[:80]})")
+    cands.sort(key=lambda c: c[0])
+    for c in cands:
+        print(f"  dense candidate {c[1]}: {c[0]:.3f} ms")
+    return cands[0][1], cands[0][2], cands[0][3]
+
+
+def quality(out, ref):
+    o, r = out.float().flatten(), ref.float().flatten()
+    cos = float(torch.nn.functional.cosine_similarity(o, r, dim=0))
+    rel = float((o - r).norm() / r.norm())
+    return cos, rel
+
+
+def dense_flops(L):
+    return 4.0 * B * HQ * D * (L * (L + 1) / 2)
+
+
+def psa_fixed(q, k, v, M, cfg):
+    levels = tuple(p for p in (2, 4, 8) if bool((M == p).any()))
+    Lk = k.shape[2]
+    kp = {p: torch.empty((B, HKV, -(-Lk // p), D), device="cuda", dtype=k.dtype) for p in levels}
+    vp = {p: torch.empty_like(kp[p]) for p in levels}
+    psa_pool_kv(k, v, kp, vp)
+    lut, cnt = T.build_lut(M, Lq=q.shape[2], Lk=Lk, query_block=QB, key_block=KB)
+    out = torch.empty_like(q)
+
+    def fn():
+        psa_attn_fwd(q, k, v, kp, vp, lut, cnt, out, query_block=QB, key_block=KB, causal=True,
+                     levels=(1,) + levels, **cfg)
+        return out
+    return fn, out
+
+
+def run_length(L, args, results, cfg):
+    print(f"\n=== L = {L} ===", flush=True)
+    q, k, v = synthetic_qkv(L, seed=L)
+    name, dense_fn, args.dense_backend = pick_dense(q, k, v, only=args.dense_backend)
+    ref = dense_fn().clone()
+    dense_ms = bench_ms(dense_fn)
+    F = dense_flops(L)
+    row = dict(L=L, row="dense", impl=name, ms=dense_ms, ratio=1.0, tflops=F / dense_ms / 1e9, density=1.0,
+               cos=1.0, rel_l2=0.0, est_share=None)
+    results.append(row)
+    print_row(row)
+    fa2_ms = None
+    if args.dense_backend[0] != "FLASH_ATTENTION":  # FlashAttention-2 (torch's flash backend) for context
+        try:
+            fa2_name, fa2_fn, _ = pick_dense(q, k, v, only=("FLASH_ATTENTION", True))
+            fa2_ms = bench_ms(fa2_fn)
+            cos, rel = quality(fa2_fn(), ref)
+            row = dict(L=L, row="dense-fa2", impl=fa2_name, ms=fa2_ms, ratio=dense_ms / fa2_ms,
+                       tflops=F / fa2_ms / 1e9, density=1.0, cos=cos, rel_l2=rel, est_share=None)
+            results.append(row)
+            print_row(row)
+        except Exception:
+            traceback.print_exc()
+    args.fa2_ms = fa2_ms
+    for dens in args.densities:
+        try:
+            M = T.structured_level_map(B, HQ, L, L, QB, KB, dens, seed=1)
+            md = T.density(M, Lq=L, Lk=L, query_block=QB, key_block=KB)
+            fn, out = psa_fixed(q, k, v, M, cfg)
+            fn()
+            cos, rel = quality(out, ref)
+            ms = bench_ms(fn)
+            row = dict(L=L, row=f"psa@{dens:g}", impl="psa_attn_fwd", ms=ms, ratio=dense_ms / ms,
+                       tflops=md * F / ms / 1e9, density=md, cos=cos, rel_l2=rel, est_share=None,
+                       ratio_fa2=None if args.fa2_ms is None else args.fa2_ms / ms)
+            results.append(row)
+            print_row(row)
+            del M, fn, out
+        except Exception:
+            traceback.print_exc()
+    if not args.no_full:
+        try:
+            run_full(q, k, v, L, ref, dense_ms, F, results, args)
+        except Exception:
+            traceback.print_exc()
+            results.append(dict(L=L, row="psa-full", impl="not run", ms=None))
+    del q, k, v, ref
+    torch.cuda.empty_cache()
+
+
+def run_full(q, k, v, L, ref, dense_ms, F, results, args):
+    from paddlemix_psa.kernels import pipeline
+    from paddlemix_psa.kernels.estimate import psa_estimate_scores
+    from paddlemix_psa.kernels.select import psa_build_lut, psa_select_levels
+    from paddlemix_psa.kernels.similarity import psa_similarity_cap
+
+    def alloc(shape, dt):
+        return torch.empty(tuple(shape), device="cuda", dtype=getattr(torch, dt))
+
+    def full():
+        return pipeline.psa_forward_kernels(q, k, v, alloc=alloc, attn_config=args.cfg or None)
+
+    out, M, lut, cnt = full()
+    cos, rel = quality(out, ref)
+    md = T.density(M, Lq=L, Lk=L, query_block=QB, key_block=KB)
+    ms = bench_ms(full)
+    nq, nk = -(-L // QB), -(-L // KB)
+    scores = alloc((B, HQ, nq, nk), "float32")
+    cap = alloc((B, HKV, nk), "int8")
+    lm = alloc((B, HQ, nq, nk), "int8")
+    lut2, cnt2 = alloc((B, HQ, nq, nk), "int32"), alloc((B, HQ, nq, 4), "int32")
+
+    def s_est():
+        psa_estimate_scores(q, k, scores, query_block=QB, key_block=KB, stride=16, causal=True, scale=None,
+                            layout="BHSD")
+
+    def s_sim():
+        psa_similarity_cap(k, cap, key_block=KB, thresholds=(0.75, 0.70, 0.70), layout="BHSD")
+
+    def s_sel():
+        psa_select_levels(scores, lm, Lq=L, Lk=L, query_block=QB, key_block=KB, causal=True, mode="energybound",
+                          ends=pipeline.DEFAULT_MASK_RATIOS, dense_tail_tokens=512, force_sink=True, sim_cap=cap,
+                          gqa_group=HQ // HKV)
+
+    def s_lut():
+        psa_build_lut(lm, lut2, cnt2, Lq=L, Lk=L, query_block=QB, key_block=KB, causal=True)
+
+    def est():
+        s_est()
+        s_sim()
+        s_sel()
+        s_lut()
+    est_ms = bench_ms(est)
+    stages = {name: bench_ms(f, rep_ms=100) for name, f in (("estimate", s_est), ("similarity", s_sim),
+                                                               ("select", s_sel), ("lut", s_lut))}
+    print(f"  full-PSA stage ms: {', '.join(f'{n} {v:.3f}' for n, v in stages.items())}; total est {est_ms:.3f}",
+          flush=True)
+    hist = {p: float((M == p).float().mean()) for p in (0, 1, 2, 4, 8)}
+    row = dict(L=L, row="psa-full", impl="pipeline (default cfg)", ms=ms, ratio=dense_ms / ms,
+               tflops=md * F / ms / 1e9,
+               density=md, cos=cos, rel_l2=rel, est_share=est_ms / ms, est_ms=est_ms, stage_ms=stages,
+               level_hist=hist, ratio_fa2=None if args.fa2_ms is None else args.fa2_ms / ms)
+    results.append(row)
+    print_row(row)
+
+
+def print_row(r):
+    es = "" if r.get("est_share") is None else f"{100 * r['est_share']:.1f}%"
+    print(f"{r['L']:>7} {r['row']:<10} {r['impl'][:26]:<26} {r['ms']:>9.3f} {r['ratio']:>6.2f}x "
+          f"{r['tflops']:>7.1f} {r['density']:>7.3f} {r['cos']:>8.5f} {r['rel_l2']:>8.2e} {es:>6}", flush=True)
+
+
+def sweep(L, args):
+    """Launch-config sweep for the attention kernel at one length (density 1.0 and 0.1 maps)."""
+    q, k, v = synthetic_qkv(L, seed=L)
+    res = []
+    for dens in (1.0, 0.1):
+        M = T.structured_level_map(B, HQ, L, L, QB, KB, dens, seed=1)
+        for bn, bnp, nw, ns, mg in args.configs:
+            c = dict(block_n=bn, block_n_pooled=bnp, num_warps=nw, num_stages=ns, merge_pooled=mg >= 1,
+                     merge_all=mg == 2)
+            try:
+                fn, out = psa_fixed(q, k, v, M, c)
+                ms = bench_ms(fn, rep_ms=150)
+                res.append(dict(L=L, density=dens, ms=ms, **c))
+                print(f"  sweep L={L} d={dens} {c}: {ms:.3f} ms", flush=True)
+            except Exception as e:
+                print(f"  sweep L={L} d={dens} {c}: FAILED {type(e).__name__}: {str(e)[:120]}", flush=True)
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lengths", default="8k,16k,32k,64k,128k")
+    ap.add_argument("--densities", default="1.0,0.5,0.25,0.1")
+    ap.add_argument("--no-full", action="store_true", help="skip the full-pipeline row")
+    ap.add_argument("--sweep", default="", help="lengths for a launch-config sweep, e.g. 32k")
+    ap.add_argument("--configs", default="128:64:8:2:1,128:128:8:2:2,64:64:8:2:2,64:64:8:3:2,128:128:8:2:1",
+                    help="block_n:block_n_pooled:num_warps:num_stages:merge list for --sweep "
+                         "(merge 0: a loop pair per level, 1: pooled levels merged, 2: all levels merged)")
+    ap.add_argument("--wait-file", default=None, help="wait (<= 300 s) for this file before the table")
+    ap.add_argument("--auto", action="store_true",
+                    help="run the table with the sweep's best config (sum of time ratios to the best per density)")
+    ap.add_argument("--block-n", type=int, default=None)
+    ap.add_argument("--num-warps", type=int, default=None)
+    ap.add_argument("--num-stages", type=int, default=None)
+    ap.add_argument("--block-n-pooled", type=int, default=None)
+    ap.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "results.json"))
+    ap.add_argument("--md", default=os.path.join(ROOT, "benchmarks", "RESULTS.md"))
+    args = ap.parse_args()
+    args.densities = [float(x) for x in args.densities.split(",") if x]
+    args.configs = [tuple(int(y) for y in c.split(":")) for c in args.configs.split(",") if c]
+    args.dense_backend = None
+    cfg = {k: v for k, v in dict(block_n=args.block_n, num_warps=args.num_warps, num_stages=args.num_stages,
+                                 block_n_pooled=args.block_n_pooled).items() if v is not None}
+    card = torch.cuda.get_device_name()
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    cmd = "PYTHONPATH=src python3 benchmarks/bench_attention.py " + " ".join(sys.argv[1:])
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True).stdout.strip() or "uncommitted"
+    except Exception:
+        commit = "unknown"
+    print(f"card: {card}; torch {torch.__version__}; triton {triton.__version__}; {date}; cfg {cfg or 'default'}")
+    sweeps = []
+    for s in [x for x in args.sweep.split(",") if x]:
+        sweeps += sweep(parse_len(s), args)
+    if args.auto and sweeps:
+        keys = ("block_n", "block_n_pooled", "num_warps", "num_stages", "merge_pooled", "merge_all")
+        best = {}
+        for r in sweeps:
+            best[(r["L"], r["density"])] = min(best.get((r["L"], r["density"]), float("inf")), r["ms"])
+        score = {}
+        for r in sweeps:
+            c = tuple(r[k] for k in keys)
+            score.setdefault(c, []).append(r["ms"] / best[(r["L"], r["density"])])
+        n = max(len(v) for v in score.values())
+        c = min((c for c in score if len(score[c]) == n), key=lambda c: sum(score[c]))
+        cfg = dict(zip(keys, c))
+        print(f"auto-selected launch config: {cfg} (score {sum(score[c]) / n:.3f})")
+    args.cfg = cfg
+    if args.wait_file:  # e.g. wait for a concurrent test run to finish before timing the table
+        t0 = time.time()
+        while not os.path.exists(args.wait_file) and time.time() - t0 < 300:
+            time.sleep(1)
+        print(f"waited {time.time() - t0:.0f} s for {args.wait_file}", flush=True)
+    results = []
+    print(f"{'L':>7} {'row':<10} {'impl':<26} {'ms':>9} {'ratio':>7} {'TFLOP/s':>7} {'density':>7} {'cos':>8} "
+          f"{'relL2':>8} {'est%':>6}")
+    for s in [x for x in args.lengths.split(",") if x]:
+        try:
+            run_length(parse_len(s), args, results, cfg)
+        except Exception:
+            traceback.print_exc()
+    blob = dict(card=card, date=date, command=cmd, commit=commit, torch=torch.__version__,
+                triton=triton.__version__, shapes=dict(B=B, Hq=HQ, Hkv=HKV, D=D, dtype="bfloat16", causal=True,
+                                                        query_block=QB, key_block=KB),
+                launch_cfg=cfg or "default", rows=results, sweep=sweeps)
+    with open(args.json, "w") as f:
+        json.dump(blob, f, indent=1)
+    lines = [f"\n## {date} — {card}\n", f"`{cmd}` (commit {commit}, torch {torch.__version__}, triton "
+             f"{triton.__version__}); B={B}, H_q={HQ}, H_kv={HKV}, D={D}, bf16, causal, query_block={QB}, "
+             f"key_block={KB}\n",
+             "| L | row | impl | median ms | dense/row | FA2/row | TFLOP/s (work done) | density | cos vs dense "
+             "| rel-L2 vs dense | est. share |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if r.get("ms") is None:
+            lines.append(f"| {r['L']} | {r['row']} | {r['impl']} | — | — | — | — | — | — | — | — |")
+            continue
+        es = "" if r.get("est_share") is None else f"{100 * r['est_share']:.1f}%"
+        f2 = "" if r.get("ratio_fa2") is None else f"{r['ratio_fa2']:.2f}x"
+        lines.append(f"| {r['L']} | {r['row']} | {r['impl']} | {r['ms']:.3f} | {r['ratio']:.2f}x | {f2} | "
+                     f"{r['tflops']:.1f} | {r['density']:.3f} | {r['cos']:.5f} | {r['rel_l2']:.2e} | {es} |")
+    with open(args.md, "a") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""The only place that knows how each framework spells tensor metadata.
+
+Launchers in ``kernels/`` accept *tensor-likes*: Paddle tensors, torch tensors, or the numpy host views used
+under ``TRITON_INTERPRET=1``. Triton itself reads only ``data_ptr()`` and ``dtype``; the launchers read shapes,
+element strides and dtype names through the helpers below. Stdlib only.
+"""
+
+from __future__ import annotations
+
+__all__ = ["strides", "dtype_name", "shape", "DTYPE_NAMES"]
+
+#: canonical dtype names the kernels accept somewhere (attention: the first three)
+DTYPE_NAMES = ("float16", "bfloat16", "float32", "int8", "int32", "int64", "float64")
+
+
+def shape(t) -> tuple:
+    """Shape of ``t`` as a tuple of Python ints."""
+    s = t.shape
+    if callable(s):  # defensive: some wrappers expose shape()
+        s = s()
+    return tuple(int(x) for x in s)
+
+
+def strides(t) -> tuple:
+    """Element strides of ``t``.
+
+    Paddle: the ``t.strides`` property (elements). torch and the interpreter host views: ``t.stride()``.
+    numpy arrays are rejected because their ``strides`` are in bytes (wrap them in a host view).
+    """
+    if type(t).__module__.split(".")[0] == "numpy":
+        raise TypeError("numpy arrays have byte strides; wrap them in a host view (tests/interpret/hostview.py)")
+    st = getattr(t, "strides", None)
+    if st is not None and not callable(st):
+        return tuple(int(x) for x in st)
+    fn = getattr(t, "stride", None)
+    if callable(fn):
+        return tuple(int(x) for x in fn())
+    if callable(st):
+        return tuple(int(x) for x in st())
+    raise TypeError(f"cannot read strides of {type(t).__name__}: expected `.strides` (Paddle) or `.stride()` (torch)")
+
+
+def dtype_name(t) -> str:
+    """Canonical dtype name of ``t``: "float16", "bfloat16", "float32", "int8", "int32", ...
+
+    Works for ``paddle.float16`` / ``paddle.bfloat16`` (``str`` gives ``paddle.float16``), ``torch.bfloat16`` and
+    numpy dtypes. Paddle's ``uint16`` alias of bfloat16 never appears as a Paddle dtype string.
+    """
+    name = str(getattr(t, "dtype", t)).split(".")[-1].strip("'\"<>")
+    if name.startswith("dtype("):  # numpy repr: dtype('float32')
+        name = name[len("dtype("):].strip("'\")")
+    aliases = {"half": "float16", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+    return aliases.get(name, name)

@@ -1,0 +1,99 @@
+"""Framework-neutral PSA forward: estimate -> select -> lut -> pool -> attend (PSA-SPEC §0 steps 1-5).
+
+Every buffer comes from the caller's ``alloc(shape, dtype_name)``; nothing here knows the framework. No host
+synchronisation: the pooled levels are those the configuration *can* produce (non-empty mask intervals, plus
+the finer pooled levels the similarity cap can demote to), not a device read of the map.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._tensorlike import shape
+from .attn_fwd import psa_attn_fwd
+from .estimate import psa_estimate_scores
+from .pool import psa_pool_kv
+from .select import psa_build_lut, psa_select_levels
+from .similarity import psa_similarity_cap
+
+__all__ = ["psa_forward_kernels", "levels_possible", "DEFAULT_MASK_RATIOS"]
+
+DEFAULT_MASK_RATIOS = {1: (0.0, 0.6), 2: (0.6, 0.8), 4: (0.8, 0.9), 8: (0.9, 0.9), 0: (0.9, 1.0)}
+
+
+@triton.jit
+def _group_mean_kernel(S, Out, NQK, G: tl.constexpr, BLOCK: tl.constexpr):
+    # scores [B, Hq, nq, nk] contiguous -> [B, Hkv, nq, nk]: mean over the G heads of each KV group (§6.3)
+    bk = tl.program_id(1).to(tl.int64)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < NQK
+    acc = tl.zeros([BLOCK], tl.float32)
+    for g in tl.static_range(G):
+        acc += tl.load(S + (bk * G + g) * NQK + offs, mask=m, other=0.0)
+    tl.store(Out + bk * NQK + offs, acc / G, mask=m)
+
+
+def levels_possible(mask_ratios, sim_cap: bool) -> tuple:
+    """Pooled levels the selection can emit: non-empty intervals, and with the cap every finer pooled level."""
+    pooled = [p for p in (2, 4, 8) if p in mask_ratios and mask_ratios[p][1] > mask_ratios[p][0]]
+    if sim_cap and pooled:
+        pooled = [p for p in (2, 4, 8) if p <= max(pooled)]
+    return tuple(pooled)
+
+
+def psa_forward_kernels(q, k, v, *, alloc, query_block=128, key_block=32, causal=True, scale=None, layout="BHSD",
+                        mask_mode="energybound", mask_ratios=None, xattn_stride=16, dense_tail_tokens=512,
+                        prompt_end=None, force_sink=True, sim_cap=True, sim_thresholds=(0.75, 0.70, 0.70),
+                        gqa_mask="per_head", counters=None, out=None, lse=None, attn_config=None):
+    """Run the whole PSA forward on tensor-likes. Returns ``(out, level_map, lut, counts)``.
+
+    q ``[B, H_q, Lq, D]``, k/v ``[B, H_kv, Lk, D]`` in ``layout``; ``alloc(shape, dtype_name)`` returns a new
+    contiguous tensor on the inputs' device. ``counters``: optional int32 [>= 6] buffer for the select stats.
+    ``attn_config``: optional launch overrides for :func:`psa_attn_fwd` (``block_n``, ``num_warps``, ...).
+    """
+    mask_ratios = DEFAULT_MASK_RATIOS if mask_ratios is None else mask_ratios
+    qs, ks = shape(q), shape(k)
+    B, D = qs[0], qs[3]
+    Hq, Lq = (qs[1], qs[2]) if layout == "BHSD" else (qs[2], qs[1])
+    Hkv, Lk = (ks[1], ks[2]) if layout == "BHSD" else (ks[2], ks[1])
+    if Hkv < 1 or Hq % Hkv:
+        raise ValueError(f"H_q={Hq} must be a multiple of H_kv={Hkv}")
+    G = Hq // Hkv
+    nq, nk = -(-Lq // query_block), -(-Lk // key_block)
+    from ._tensorlike import dtype_name
+
+    dt = dtype_name(q)
+    scores = alloc((B, Hq, nq, nk), "float32")
+    psa_estimate_scores(q, k, scores, query_block=query_block, key_block=key_block, stride=xattn_stride,
+                        causal=causal, scale=scale, layout=layout)
+    Hm = Hq
+    if gqa_mask == "per_kv_group":
+        Hm = Hkv
+        grouped = alloc((B, Hkv, nq, nk), "float32")
+        _group_mean_kernel[(triton.cdiv(nq * nk, 1024), B * Hkv)](scores, grouped, nq * nk, G=G, BLOCK=1024)
+        scores = grouped
+    elif gqa_mask != "per_head":
+        raise ValueError(f"gqa_mask must be 'per_head' or 'per_kv_group', got {gqa_mask!r}")
+    cap = None
+    if sim_cap:
+        cap = alloc((B, Hkv, nk), "int8")
+        psa_similarity_cap(k, cap, key_block=key_block, thresholds=tuple(sim_thresholds), layout=layout)
+    level_map = alloc((B, Hm, nq, nk), "int8")
+    psa_select_levels(scores, level_map, Lq=Lq, Lk=Lk, query_block=query_block, key_block=key_block,
+                      causal=causal, mode=mask_mode, ends=mask_ratios, dense_tail_tokens=dense_tail_tokens,
+                      prompt_end=prompt_end, force_sink=force_sink, sim_cap=cap,
+                      gqa_group=G if gqa_mask == "per_head" else 1, counters=counters)
+    lut = alloc((B, Hm, nq, nk), "int32")
+    counts = alloc((B, Hm, nq, 4), "int32")
+    psa_build_lut(level_map, lut, counts, Lq=Lq, Lk=Lk, query_block=query_block, key_block=key_block,
+                  causal=causal)
+    pooled = levels_possible(mask_ratios, sim_cap)
+    kp = {p: alloc((B, Hkv, -(-Lk // p), D), dt) for p in pooled}
+    vp = {p: alloc((B, Hkv, -(-Lk // p), D), dt) for p in pooled}
+    psa_pool_kv(k, v, kp, vp, layout=layout)
+    if out is None:
+        out = alloc(qs, dt)
+    psa_attn_fwd(q, k, v, kp, vp, lut, counts, out, query_block=query_block, key_block=key_block, causal=causal,
+                 scale=scale, layout=layout, gqa_mask=gqa_mask, lse=lse, levels=(1,) + pooled, **(attn_config or {}))
+    return out, level_map, lut, counts
