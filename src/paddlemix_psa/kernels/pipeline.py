@@ -10,14 +10,15 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._tensorlike import shape
+from ._tensorlike import dtype_name, shape
 from .attn_fwd import psa_attn_fwd
 from .estimate import psa_estimate_scores
 from .pool import psa_pool_kv
 from .select import psa_build_lut, psa_select_levels
 from .similarity import psa_similarity_cap
 
-__all__ = ["psa_forward_kernels", "levels_possible", "DEFAULT_MASK_RATIOS"]
+__all__ = ["psa_forward_kernels", "psa_level_map_kernels", "psa_attention_from_map", "levels_possible",
+           "DEFAULT_MASK_RATIOS"]
 
 DEFAULT_MASK_RATIOS = {1: (0.0, 0.6), 2: (0.6, 0.8), 4: (0.8, 0.9), 8: (0.9, 0.9), 0: (0.9, 1.0)}
 
@@ -42,28 +43,31 @@ def levels_possible(mask_ratios, sim_cap: bool) -> tuple:
     return tuple(pooled)
 
 
-def psa_forward_kernels(q, k, v, *, alloc, query_block=128, key_block=32, causal=True, scale=None, layout="BHSD",
-                        mask_mode="energybound", mask_ratios=None, xattn_stride=16, dense_tail_tokens=512,
-                        prompt_end=None, force_sink=True, sim_cap=True, sim_thresholds=(0.75, 0.70, 0.70),
-                        gqa_mask="per_head", counters=None, out=None, lse=None, attn_config=None):
-    """Run the whole PSA forward on tensor-likes. Returns ``(out, level_map, lut, counts)``.
-
-    q ``[B, H_q, Lq, D]``, k/v ``[B, H_kv, Lk, D]`` in ``layout``; ``alloc(shape, dtype_name)`` returns a new
-    contiguous tensor on the inputs' device. ``counters``: optional int32 [>= 6] buffer for the select stats.
-    ``attn_config``: optional launch overrides for :func:`psa_attn_fwd` (``block_n``, ``num_warps``, ...).
-    """
-    mask_ratios = DEFAULT_MASK_RATIOS if mask_ratios is None else mask_ratios
+def _geometry(q, k, layout):
     qs, ks = shape(q), shape(k)
-    B, D = qs[0], qs[3]
     Hq, Lq = (qs[1], qs[2]) if layout == "BHSD" else (qs[2], qs[1])
     Hkv, Lk = (ks[1], ks[2]) if layout == "BHSD" else (ks[2], ks[1])
     if Hkv < 1 or Hq % Hkv:
         raise ValueError(f"H_q={Hq} must be a multiple of H_kv={Hkv}")
+    return qs[0], Hq, Hkv, Lq, Lk, qs[3]
+
+
+def _noop(stage: str) -> None:
+    pass
+
+
+def psa_level_map_kernels(q, k, *, alloc, query_block=128, key_block=32, causal=True, scale=None, layout="BHSD",
+                          mask_mode="energybound", mask_ratios=None, xattn_stride=16, dense_tail_tokens=512,
+                          prompt_end=None, force_sink=True, sim_cap=True, sim_thresholds=(0.75, 0.70, 0.70),
+                          gqa_mask="per_head", counters=None, on_stage=_noop):
+    """Plan on the device: estimate -> (group mean) -> similarity cap -> select. Returns the int8 level map.
+
+    ``on_stage(name)`` is called after "estimate_ms" and "mask_ms" (the caller may synchronise and time).
+    """
+    mask_ratios = DEFAULT_MASK_RATIOS if mask_ratios is None else mask_ratios
+    B, Hq, Hkv, Lq, Lk, _ = _geometry(q, k, layout)
     G = Hq // Hkv
     nq, nk = -(-Lq // query_block), -(-Lk // key_block)
-    from ._tensorlike import dtype_name
-
-    dt = dtype_name(q)
     scores = alloc((B, Hq, nq, nk), "float32")
     psa_estimate_scores(q, k, scores, query_block=query_block, key_block=key_block, stride=xattn_stride,
                         causal=causal, scale=scale, layout=layout)
@@ -75,6 +79,7 @@ def psa_forward_kernels(q, k, v, *, alloc, query_block=128, key_block=32, causal
         scores = grouped
     elif gqa_mask != "per_head":
         raise ValueError(f"gqa_mask must be 'per_head' or 'per_kv_group', got {gqa_mask!r}")
+    on_stage("estimate_ms")
     cap = None
     if sim_cap:
         cap = alloc((B, Hkv, nk), "int8")
@@ -84,16 +89,59 @@ def psa_forward_kernels(q, k, v, *, alloc, query_block=128, key_block=32, causal
                       causal=causal, mode=mask_mode, ends=mask_ratios, dense_tail_tokens=dense_tail_tokens,
                       prompt_end=prompt_end, force_sink=force_sink, sim_cap=cap,
                       gqa_group=G if gqa_mask == "per_head" else 1, counters=counters)
-    lut = alloc((B, Hm, nq, nk), "int32")
-    counts = alloc((B, Hm, nq, 4), "int32")
+    on_stage("mask_ms")
+    return level_map
+
+
+def psa_attention_from_map(q, k, v, level_map, *, alloc, query_block=128, key_block=32, causal=True, scale=None,
+                           layout="BHSD", gqa_mask="per_head", pooled_levels=(2, 4, 8), out=None, lse=None,
+                           attn_config=None, on_stage=_noop):
+    """Run on the device: index list -> pyramid K/V (``pooled_levels`` only) -> attention.
+
+    Returns ``(out, lut, counts)``. ``attn_config``: optional launch overrides for :func:`psa_attn_fwd`
+    (``block_n``, ``num_warps``, ...).
+
+    ``pooled_levels`` must include every pooled level present in ``level_map`` (a superset costs one pooling pass).
+    ``on_stage`` is called after "pool_ms" (index list + pooling) and "attention_ms".
+    """
+    B, Hq, Hkv, Lq, Lk, D = _geometry(q, k, layout)
+    dt = dtype_name(q)
+    lut = alloc(tuple(shape(level_map)), "int32")
+    counts = alloc(tuple(shape(level_map)[:3]) + (4,), "int32")
     psa_build_lut(level_map, lut, counts, Lq=Lq, Lk=Lk, query_block=query_block, key_block=key_block,
                   causal=causal)
-    pooled = levels_possible(mask_ratios, sim_cap)
+    pooled = tuple(sorted(pooled_levels))
     kp = {p: alloc((B, Hkv, -(-Lk // p), D), dt) for p in pooled}
     vp = {p: alloc((B, Hkv, -(-Lk // p), D), dt) for p in pooled}
-    psa_pool_kv(k, v, kp, vp, layout=layout)
+    if pooled:
+        psa_pool_kv(k, v, kp, vp, layout=layout)
+    on_stage("pool_ms")
     if out is None:
-        out = alloc(qs, dt)
+        out = alloc(tuple(shape(q)), dt)
     psa_attn_fwd(q, k, v, kp, vp, lut, counts, out, query_block=query_block, key_block=key_block, causal=causal,
                  scale=scale, layout=layout, gqa_mask=gqa_mask, lse=lse, levels=(1,) + pooled, **(attn_config or {}))
+    on_stage("attention_ms")
+    return out, lut, counts
+
+
+def psa_forward_kernels(q, k, v, *, alloc, query_block=128, key_block=32, causal=True, scale=None, layout="BHSD",
+                        mask_mode="energybound", mask_ratios=None, xattn_stride=16, dense_tail_tokens=512,
+                        prompt_end=None, force_sink=True, sim_cap=True, sim_thresholds=(0.75, 0.70, 0.70),
+                        gqa_mask="per_head", counters=None, out=None, lse=None, attn_config=None, on_stage=_noop):
+    """Run the whole PSA forward on tensor-likes. Returns ``(out, level_map, lut, counts)``.
+
+    q ``[B, H_q, Lq, D]``, k/v ``[B, H_kv, Lk, D]`` in ``layout``; ``alloc(shape, dtype_name)`` returns a new
+    contiguous tensor on the inputs' device. ``counters``: optional int32 [>= 6] buffer for the select stats.
+    No host synchronisation: the pooled levels built are those the configuration can produce.
+    """
+    mask_ratios = DEFAULT_MASK_RATIOS if mask_ratios is None else mask_ratios
+    level_map = psa_level_map_kernels(
+        q, k, alloc=alloc, query_block=query_block, key_block=key_block, causal=causal, scale=scale, layout=layout,
+        mask_mode=mask_mode, mask_ratios=mask_ratios, xattn_stride=xattn_stride, dense_tail_tokens=dense_tail_tokens,
+        prompt_end=prompt_end, force_sink=force_sink, sim_cap=sim_cap, sim_thresholds=sim_thresholds,
+        gqa_mask=gqa_mask, counters=counters, on_stage=on_stage)
+    out, lut, counts = psa_attention_from_map(
+        q, k, v, level_map, alloc=alloc, query_block=query_block, key_block=key_block, causal=causal, scale=scale,
+        layout=layout, gqa_mask=gqa_mask, pooled_levels=levels_possible(mask_ratios, sim_cap), out=out, lse=lse,
+        attn_config=attn_config, on_stage=on_stage)
     return out, level_map, lut, counts

@@ -82,7 +82,7 @@ def build_level_map(q: paddle.Tensor, k: paddle.Tensor, config: Any = None, *, c
     qh, kh = to_bhsd(q, layout), to_bhsd(k, layout)
     backend = dispatch.select_backend(q)
     if backend == "triton":
-        return dispatch.level_map_kernels(qh, kh, config, causal, prompt_end)
+        return dispatch.level_map_kernels(q, k, config, causal, prompt_end, layout)[0]
     return _level_map_ref(qh, kh, config, causal, prompt_end, _Timer(False, False)).level_map
 
 
@@ -100,7 +100,7 @@ def psa_attention_with_map(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor,
     timer = _Timer(want_stats, not q.place.is_cpu_place())
     qh, kh, vh = (to_bhsd(t, layout) for t in (q, k, v))
     if backend == "triton":
-        out = dispatch.attention_kernels(q, k, v, level_map, config, causal, scale, layout)
+        out = dispatch.attention_kernels(q, k, v, level_map, config, causal, scale, layout, timer.lap)
     else:
         out = to_bhsd(psa_attention_ref(qh, kh, vh, level_map, query_block=config.query_block,
                                         key_block=config.key_block, causal=causal, scale=scale,

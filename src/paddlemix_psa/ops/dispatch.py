@@ -74,88 +74,72 @@ def backend_reason(backend: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------- Triton path
-def _kernel_modules():
-    from ..kernels import attn_fwd, estimate, pool, select, similarity
-    return attn_fwd, estimate, pool, select, similarity
+def _allocator(like: paddle.Tensor):
+    """alloc(shape, dtype_name) for the kernel pipeline: new Paddle tensors on `like`'s device, as launch args."""
+    def alloc(shape, dtype):
+        t = paddle.empty(list(shape), dtype=dtype)
+        if not like.place.is_cpu_place():
+            t = t.to(like.place)
+        return kernel_args(t)[0]
+    return alloc
 
 
-def _empty(shape, dtype, like: paddle.Tensor) -> paddle.Tensor:
-    return paddle.empty(shape, dtype=dtype).to(like.place) if not like.place.is_cpu_place() else \
-        paddle.empty(shape, dtype=dtype)
+def _unwrap(x) -> paddle.Tensor:
+    return getattr(x, "tensor", x)          # host views keep the Paddle tensor they view
 
 
-def level_map_kernels(qh, kh, config: AttentionConfig, causal: bool, prompt_end, lap=None):
-    """Estimator + similarity cap + level selection on the device; returns (level_map int8, counters tensor)."""
-    _, estimate, _, select, similarity = _kernel_modules()
-    B, Hq, Lq, _ = qh.shape
-    Hkv, Lk = kh.shape[1], kh.shape[2]
-    G = Hq // Hkv
-    nq, nk = -(-Lq // config.query_block), -(-Lk // config.key_block)
-    scores = _empty([B, Hq, nq, nk], "float32", qh)
-    with launch_scope(qh):
-        estimate.psa_estimate_scores(*kernel_args(qh, kh, scores), query_block=config.query_block,
-                                     key_block=config.key_block, stride=config.xattn_stride, causal=causal,
-                                     scale=config.scale, layout="BHSD")
-    if config.gqa_mask == "per_kv_group":
-        scores = scores.reshape([B, Hkv, G, nq, nk]).mean(axis=2)
-    if lap:
-        lap("estimate_ms")
-    cap = None
-    if config.sim_cap:
-        cap = _empty([B, Hkv, nk], "int8", qh)
-        with launch_scope(qh):
-            similarity.psa_similarity_cap(*kernel_args(kh, cap), key_block=config.key_block,
-                                          thresholds=config.sim_thresholds, layout="BHSD")
-    level_map = _empty(scores.shape, "int8", qh)
-    counters = paddle.zeros([8], "int32").to(qh.place) if not qh.place.is_cpu_place() else paddle.zeros([8], "int32")
-    with launch_scope(qh):
-        select.psa_select_levels(*kernel_args(scores, level_map), Lq=Lq, Lk=Lk, config=config, causal=causal,
-                                 prompt_end=prompt_end, sim_cap=kernel_args(cap)[0] if cap is not None else None,
-                                 gqa_group=G if config.gqa_mask == "per_head" else 1,
-                                 counters=kernel_args(counters)[0])
-    if lap:
-        lap("mask_ms")
-    return level_map, counters
+def _config_kwargs(config: AttentionConfig, causal: bool, scale) -> dict:
+    return dict(query_block=config.query_block, key_block=config.key_block, causal=causal, scale=scale,
+                gqa_mask=config.gqa_mask)
 
 
-def _run_attention(q, k, v, level_map, config, causal, scale, layout, lap=None):
-    attn_fwd, _, pool, select, _ = _kernel_modules()
-    ax_l = 2 if layout == "BHSD" else 1
-    ax_h = 1 if layout == "BHSD" else 2
-    B, Lq, Lk, Hkv, D = q.shape[0], q.shape[ax_l], k.shape[ax_l], k.shape[ax_h], q.shape[3]
-    lut = _empty(level_map.shape, "int32", q)
-    counts = _empty(level_map.shape[:3] + [len(LEVELS)], "int32", q)
+def _plan_kwargs(config: AttentionConfig, prompt_end) -> dict:
+    return dict(mask_mode=config.mask_mode, mask_ratios=dict(config.mask_ratios), xattn_stride=config.xattn_stride,
+                dense_tail_tokens=config.dense_tail_tokens, prompt_end=prompt_end, force_sink=config.force_sink,
+                sim_cap=config.sim_cap, sim_thresholds=config.sim_thresholds)
+
+
+def _counter_dict(counters: paddle.Tensor) -> dict[str, int]:
+    from ..kernels.select import COUNTER_NAMES
+    return dict(zip(COUNTER_NAMES, (int(x) for x in counters.numpy().tolist())))
+
+
+def level_map_kernels(q, k, config: AttentionConfig, causal: bool, prompt_end, layout: str = "BHSD",
+                      on_stage=None):
+    """Plan on the device. Returns (level map int8 [B, H_m, nq, nk], forced-rule counters)."""
+    from ..kernels.pipeline import psa_level_map_kernels
+    alloc = _allocator(q)
+    counters = alloc((8,), "int32")
+    _unwrap(counters).zero_()
     with launch_scope(q):
-        select.psa_build_lut(*kernel_args(level_map, lut, counts), Lq=Lq, Lk=Lk, query_block=config.query_block,
-                             key_block=config.key_block, causal=causal)
-    present = [p for p in LEVELS[1:] if bool((level_map == p).any())]
-    k_pooled = {p: _empty([B, Hkv, -(-Lk // p), D], dtype_name(k), q) for p in present}
-    v_pooled = {p: _empty([B, Hkv, -(-Lk // p), D], dtype_name(k), q) for p in present}
-    if present:
-        with launch_scope(q):
-            pool.psa_pool_kv(*kernel_args(k, v), {p: kernel_args(t)[0] for p, t in k_pooled.items()},
-                             {p: kernel_args(t)[0] for p, t in v_pooled.items()}, layout=layout)
-    if lap:
-        lap("pool_ms")
-    out = _empty(q.shape, dtype_name(q), q)
+        level_map = psa_level_map_kernels(*kernel_args(q, k), alloc=alloc, layout=layout, counters=counters,
+                                          on_stage=on_stage or (lambda stage: None),
+                                          **_config_kwargs(config, causal, config.scale),
+                                          **_plan_kwargs(config, prompt_end))
+    return _unwrap(level_map), _counter_dict(_unwrap(counters))
+
+
+def attention_kernels(q, k, v, level_map, config: AttentionConfig, causal: bool, scale, layout: str,
+                      on_stage=None) -> paddle.Tensor:
+    """Run on the device over a given level map (pooling only the pooled levels it contains)."""
+    from ..kernels.pipeline import psa_attention_from_map
+    present = tuple(p for p in LEVELS[1:] if bool((level_map == p).any()))
     with launch_scope(q):
-        attn_fwd.psa_attn_fwd(*kernel_args(q, k, v), {p: kernel_args(t)[0] for p, t in k_pooled.items()},
-                              {p: kernel_args(t)[0] for p, t in v_pooled.items()}, *kernel_args(lut, counts, out),
-                              query_block=config.query_block, key_block=config.key_block, causal=causal,
-                              scale=scale, layout=layout, gqa_mask=config.gqa_mask)
-    if lap:
-        lap("attention_ms")
-    return out
+        out, _, _ = psa_attention_from_map(*kernel_args(q, k, v, level_map), alloc=_allocator(q), layout=layout,
+                                           pooled_levels=present, on_stage=on_stage or (lambda stage: None),
+                                           **_config_kwargs(config, causal, scale))
+    return _unwrap(out)
 
 
-def attention_kernels(q, k, v, level_map, config, causal, scale, layout):
-    return _run_attention(q, k, v, level_map, config, causal, scale, layout)
-
-
-def psa_kernels(q, k, v, config, causal, scale, layout, prompt_end, lap):
-    from ._checks import to_bhsd
-    level_map, counters = level_map_kernels(to_bhsd(q, layout), to_bhsd(k, layout), config, causal, prompt_end, lap)
-    out = _run_attention(q, k, v, level_map, config, causal, scale, layout, lap)
-    names = ("tail", "diagonal", "sink", "cap", "degenerate", "guard")
-    values = counters.numpy().tolist()
-    return out, level_map, dict(zip(names, values))
+def psa_kernels(q, k, v, config: AttentionConfig, causal: bool, scale, layout: str, prompt_end, on_stage):
+    """Plan + run on the device, no host round trip between the stages. Returns (out, level_map, counters)."""
+    from ..kernels.pipeline import psa_forward_kernels
+    alloc = _allocator(q)
+    counters = alloc((8,), "int32")
+    _unwrap(counters).zero_()
+    with launch_scope(q):
+        out, level_map, _, _ = psa_forward_kernels(*kernel_args(q, k, v), alloc=alloc, layout=layout,
+                                                   counters=counters, on_stage=on_stage,
+                                                   **_config_kwargs(config, causal, scale),
+                                                   **_plan_kwargs(config, prompt_end))
+    return _unwrap(out), _unwrap(level_map), _counter_dict(_unwrap(counters))
