@@ -1,0 +1,160 @@
+"""Mask-building cost: XAttention estimator + similarity cap + level selection + LUT vs dense attention.
+
+Runs on a CUDA machine with torch (kernels are framework-neutral; torch supplies tensors, driver and stream).
+Shapes: Qwen2.5-VL-7B LLM (H_q = 28, H_kv = 4, D = 128), bf16, causal prefill, defaults query_block 128,
+key_block 32, stride 16 (and the paper preset 128/128/8). Prints one table; the issue target is
+(estimator + mask) <= 10 % of dense attention at 32k.
+
+    PYTHONPATH=src python3 benchmarks/bench_estimate.py [--lengths 8192 32768 131072] [--chunk 4096] [--no-sweep]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import subprocess
+import sys
+
+_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(_root, "src"))
+
+DEV = "cuda"
+README = {1: (0, .6), 2: (.6, .8), 4: (.8, .9), 8: (.9, .9), 0: (.9, 1)}
+TILES = [(None, None, None, None), (128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3),
+         (64, 64, 4, 2), (64, 128, 4, 2), (128, 32, 4, 3), (32, 64, 4, 2), (16, 64, 4, 2)]
+
+
+def _time(fn, n=10):
+    import torch
+
+    fn()
+    torch.cuda.synchronize()
+    cache = torch.empty(256 << 20, dtype=torch.int8, device=DEV)  # cold L2 between runs
+    ts = []
+    for _ in range(n):
+        cache.zero_()
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        ts.append(a.elapsed_time(b))
+    ts.sort()
+    return ts[len(ts) // 2], ts[len(ts) // 5], ts[(4 * len(ts)) // 5]
+
+
+def _dense(q, k, v):
+    """Dense SDPA baseline. Lq < Lk (a chunk at the end of the context) sees nearly every key under bottom-right
+    causality, so it is timed non-causal (torch's is_causal is top-left aligned)."""
+    import torch.nn.functional as F
+
+    G = q.shape[1] // k.shape[1]
+    causal = q.shape[2] == k.shape[2]
+    kr, vr = k.repeat_interleave(G, dim=1), v.repeat_interleave(G, dim=1)  # expanded outside the timed region
+    return lambda: F.scaled_dot_product_attention(q, kr, vr, is_causal=causal)
+
+
+def main():
+    import torch
+    import triton
+
+    from paddlemix_psa.kernels.estimate import psa_estimate_scores
+    from paddlemix_psa.kernels.select import psa_build_lut, psa_select_levels
+    from paddlemix_psa.kernels.similarity import psa_similarity_cap
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lengths", type=int, nargs="+", default=[8192, 32768, 131072])
+    ap.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the estimator tile sweep")
+    ap.add_argument("--geometry", default="128/32/16", help="query_block/key_block/stride")
+    ap.add_argument("--chunk", type=int, default=4096,
+                    help="also time a chunk of this many queries against the longest context (0: off)")
+    args = ap.parse_args()
+    bq, bk, S = (int(x) for x in args.geometry.split("/"))
+    Hq, Hkv, D = 28, 4, 128
+    try:
+        commit = subprocess.run(["git", "-C", _root, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True).stdout.strip()
+    except OSError:
+        commit = "?"
+    print(f"# {torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__} commit {commit} "
+          f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}")
+    print(f"# Hq={Hq} Hkv={Hkv} D={D} bf16 causal, query_block={bq} key_block={bk} stride={S}; median of 10 ms, "
+          f"cold L2; share = mask_total / dense")
+    print(f"# repro: PYTHONPATH=src python3 benchmarks/bench_estimate.py --lengths {' '.join(map(str, args.lengths))}"
+          f" --geometry {args.geometry} --chunk {args.chunk}{'' if args.sweep else ' --no-sweep'}")
+    hdr = f"{'Lq/Lk':>13} {'estimate':>10} {'sim_cap':>9} {'select':>9} {'lut':>8} {'mask_total':>11} {'dense':>9} " \
+          f"{'share':>7} {'density':>8}"
+    print(hdr)
+    sweep_rows = []
+    pairs = [(L, L) for L in args.lengths]
+    if args.chunk:
+        pairs.append((args.chunk, max(args.lengths)))
+    for Lq, L in pairs:
+        g = torch.Generator(device=DEV).manual_seed(L)
+        q = torch.randn((1, Hq, Lq, D), device=DEV, generator=g, dtype=torch.bfloat16)
+        k = torch.randn((1, Hkv, L, D), device=DEV, generator=g, dtype=torch.bfloat16)
+        v = torch.randn((1, Hkv, L, D), device=DEV, generator=g, dtype=torch.bfloat16)
+        nq, nk = -(-Lq // bq), -(-L // bk)
+        scores = torch.empty((1, Hq, nq, nk), device=DEV, dtype=torch.float32)
+        cap = torch.empty((1, Hkv, nk), device=DEV, dtype=torch.int8)
+        M = torch.empty((1, Hq, nq, nk), device=DEV, dtype=torch.int8)
+        lut = torch.empty((1, Hq, nq, nk), device=DEV, dtype=torch.int32)
+        counts = torch.empty((1, Hq, nq, 4), device=DEV, dtype=torch.int32)
+        geom = dict(Lq=Lq, Lk=L, query_block=bq, key_block=bk, causal=True)
+
+        def est(**tiles):
+            psa_estimate_scores(q, k, scores, query_block=bq, key_block=bk, stride=S, causal=True, scale=None,
+                                layout="BHSD", **tiles)
+
+        def simc():
+            psa_similarity_cap(k, cap, key_block=bk, thresholds=(0.75, 0.7, 0.7), layout="BHSD")
+
+        T = 512 if Lq == L else 0  # a chunk at the prompt end would be all tail rows (dense) with T > 0
+
+        def sel():
+            psa_select_levels(scores, M, **geom, mode="energybound", ends=README, dense_tail_tokens=T,
+                              force_sink=True, sim_cap=cap, gqa_group=Hq // Hkv)
+
+        def lt():
+            psa_build_lut(M, lut, counts, **geom)
+
+        def total():
+            est()
+            simc()
+            sel()
+            lt()
+
+        t = {name: _time(fn) for name, fn in (("est", est), ("sim", simc), ("sel", sel), ("lut", lt),
+                                               ("total", total))}
+        t["dense"] = _time(_dense(q, k, v), n=5)
+        # measured density of the executed map (valid-pair weighted)
+        Mi = M.to(torch.int32)
+        w = torch.where(Mi > 0, 1.0 / Mi.clamp(min=1).float(), torch.zeros((), device=DEV))
+        i = torch.arange(nq, device=DEV)
+        J = (torch.clamp((i + 1) * bq, max=Lq) - 1 + L - Lq) // bk
+        valid = torch.arange(nk, device=DEV)[None, :] <= J[:, None]
+        dens = (w * valid).sum().item() / (valid.sum().item() * Hq)
+
+        def f(x):
+            return f"{x[0]:.3f}"
+
+        name = f"{Lq}/{L}"
+        print(f"{name:>13} {f(t['est']):>10} {f(t['sim']):>9} {f(t['sel']):>9} {f(t['lut']):>8} "
+              f"{f(t['total']):>11} {f(t['dense']):>9} {t['total'][0] / t['dense'][0]:>7.1%} {dens:>8.3f}", flush=True)
+        if args.sweep:
+            for ba, bc, nw, ns in TILES:
+                try:
+                    tt = _time(lambda: est(block_a=ba, block_c=bc, num_warps=nw, num_stages=ns))
+                    sweep_rows.append((f"{Lq}/{L}", ba, bc, nw, ns, f"{tt[0]:.3f}"))
+                except Exception as e:  # noqa: BLE001 - report and continue the sweep
+                    sweep_rows.append((f"{Lq}/{L}", ba, bc, nw, ns, f"failed: {type(e).__name__}: {str(e)[:80]}"))
+        del q, k, v, scores, M, lut, counts
+        torch.cuda.empty_cache()
+    if sweep_rows:
+        print("\n# estimator tile sweep (block_a reshaped queries x block_c reshaped keys, warps, stages): ms")
+        for row in sweep_rows:
+            print("  ", *row)
+
+
+if __name__ == "__main__":
+    main()

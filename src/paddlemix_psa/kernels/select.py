@@ -1,0 +1,317 @@
+"""Level-map selection (PSA-SPEC §7 + §8) and the level map -> index list (LUT) conversion.
+
+``psa_select_levels``: one program per row (b, h_m, i). The row's valid blocks are sorted by score, descending,
+ties to the smaller j, with one ``tl.sort`` over int64 keys ``(monotone int32 image of the fp32 score) << 32 |
+(NK_PAD - 1 - j)``; the sorted key carries both the score (bit-exact) and the block index, so no gather is needed.
+Then an fp32 cumsum gives ``E`` (energybound) or the rank gives the topk level, the forced rules F1-F6 run in the
+same registers, and the levels are scattered back to ``out_map[b, h, i, j]`` (every j < nk written exactly once).
+
+``psa_build_lut``: one program per row; per level 1, 2, 4, 8 an exclusive prefix sum places the kept valid
+blocks (ascending j) after the previous levels; the rest of the row is zero padding.
+
+Row lengths are runtime arguments; the padded row width ``NK_PAD = max(16, next_pow2(nk))`` is the only
+length-derived constexpr, so a new length recompiles only when it crosses a power of two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import triton
+import triton.language as tl
+
+from ._tensorlike import dtype_name, shape, strides
+
+__all__ = ["psa_select_levels", "psa_build_lut", "ends_from_ratios", "COUNTER_NAMES", "CANONICAL_LEVELS"]
+
+#: canonical level order of ``ends``
+CANONICAL_LEVELS = (1, 2, 4, 8, 0)
+#: slots of the optional int32 ``counters`` buffer (pairs each forced rule changed, cap demotions, rows)
+COUNTER_NAMES = ("tail", "diagonal", "sink", "cap", "degenerate", "guard")
+_MODES = ("energybound", "topk")
+
+
+@triton.jit(do_not_specialize=["Lq", "Lk", "nq", "nk", "tail_start", "stride_sb", "stride_sh", "stride_si",
+                               "stride_mb", "stride_mh", "stride_mi", "stride_cb", "stride_ch", "u1", "u2", "u4", "u8"])
+def _select_levels_kernel(Scores, Map, Cap, Counters,
+                          stride_sb, stride_sh, stride_si,
+                          stride_mb, stride_mh, stride_mi,
+                          stride_cb, stride_ch,
+                          Hm, G, Lq, Lk, nq, nk, tail_start,
+                          e1, e2, e4, e8, u1, u2, u4, u8,
+                          QUERY_BLOCK: tl.constexpr, KEY_BLOCK: tl.constexpr, NK_PAD: tl.constexpr,
+                          CAUSAL: tl.constexpr, TOPK: tl.constexpr, TAIL: tl.constexpr,
+                          FORCE_SINK: tl.constexpr, HAS_CAP: tl.constexpr, HAS_COUNTERS: tl.constexpr):
+    pid = tl.program_id(0)
+    i = pid % nq
+    bh = pid // nq
+    h = bh % Hm
+    b = bh // Hm
+    off = Lk - Lq
+    z_i = tl.minimum((i + 1) * QUERY_BLOCK, Lq) - 1 + off
+    if CAUSAL:
+        J = z_i // KEY_BLOCK
+    else:
+        J = nk - 1
+    n = J + 1
+
+    j = tl.arange(0, NK_PAD)
+    valid = j <= J
+    s_row = Scores + b.to(tl.int64) * stride_sb + h.to(tl.int64) * stride_sh + i.to(tl.int64) * stride_si
+    sc = tl.load(s_row + j, mask=valid, other=0.0).to(tl.float32)
+    sc = tl.where(sc == 0.0, 0.0, sc)  # -0.0 ties with +0.0
+
+    # ---- sort: descending score, ties to the smaller j; invalid lanes last
+    bits = sc.to(tl.int32, bitcast=True)
+    mono = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # order-preserving int32 image of the float
+    mono = tl.where(valid, mono, -2147483648)
+    key = (mono.to(tl.int64) << 32) | (NK_PAD - 1 - j).to(tl.int64)
+    key = tl.sort(key, descending=True)
+    jj = (NK_PAD - 1) - key.to(tl.int32)  # truncation keeps the low word (< NK_PAD, never negative)
+    hi = (key >> 32).to(tl.int32)
+    ss = (hi ^ ((hi >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
+    vs = jj <= J  # valid, in sorted order (valid lanes come first)
+    rank = tl.arange(0, NK_PAD)
+
+    # ---- §7 level assignment
+    if TOPK:
+        n64 = n.to(tl.int64)
+        b1 = tl.maximum((u1 * n64 + 500000) // 1000000, 1)
+        b2 = tl.maximum((u2 * n64 + 500000) // 1000000, 1)
+        b4 = tl.maximum((u4 * n64 + 500000) // 1000000, 1)
+        b8 = tl.maximum((u8 * n64 + 500000) // 1000000, 1)
+        r1 = (rank + 1).to(tl.int64)
+        lvl = tl.where(r1 <= b1, 1, tl.where(r1 <= b2, 2, tl.where(r1 <= b4, 4, tl.where(r1 <= b8, 8, 0))))
+        n_degenerate = 0
+    else:
+        x = tl.where(vs, ss, 0.0)
+        total = tl.sum(x, axis=0)
+        csum = tl.cumsum(x, axis=0)
+        E = tl.minimum(csum / total, 1.0)
+        E = tl.where(rank == n - 1, 1.0, E)
+        lvl = tl.where(E <= e1, 1, tl.where(E <= e2, 2, tl.where(E <= e4, 4, tl.where(E <= e8, 8, 0))))
+        good = (total > 0.0) & (total < float("inf"))  # NaN fails both
+        lvl = tl.where(good, lvl, 1)
+        n_degenerate = tl.where(good, 0, 1)
+    lvl = tl.where(vs, lvl, 0)  # F2: upper (and padding) lanes -> 0
+
+    # ---- §8 forced rules
+    n_tail = 0
+    if TAIL:
+        last_key = tl.minimum((jj + 1) * KEY_BLOCK, Lk) - 1
+        f1 = vs & ((z_i >= tail_start) | (last_key >= tail_start)) & (lvl != 1)
+        n_tail = tl.sum(f1.to(tl.int32), axis=0)
+        lvl = tl.where(f1, 1, lvl)
+    n_diag = 0
+    if CAUSAL:
+        f3 = vs & (jj >= (i * QUERY_BLOCK + off) // KEY_BLOCK) & (lvl != 1)
+        n_diag = tl.sum(f3.to(tl.int32), axis=0)
+        lvl = tl.where(f3, 1, lvl)
+    n_sink = 0
+    if FORCE_SINK:
+        f4 = (jj == 0) & (lvl != 1)
+        n_sink = tl.sum(f4.to(tl.int32), axis=0)
+        lvl = tl.where(f4, 1, lvl)
+    n_cap = 0
+    if HAS_CAP:
+        kvh = h // G
+        c_row = Cap + b.to(tl.int64) * stride_cb + kvh.to(tl.int64) * stride_ch
+        cap = tl.load(c_row + jj, mask=vs, other=8).to(tl.int32)
+        f5 = vs & (lvl > 1) & (cap < lvl)
+        n_cap = tl.sum(f5.to(tl.int32), axis=0)
+        lvl = tl.where(f5, cap, lvl)
+    kept = tl.sum((vs & (lvl > 0)).to(tl.int32), axis=0)
+    f6 = (rank == 0) & (kept == 0)  # F6: top-ranked valid block
+    n_guard = tl.sum(f6.to(tl.int32), axis=0)
+    lvl = tl.where(f6, 1, lvl)
+
+    m_row = Map + b.to(tl.int64) * stride_mb + h.to(tl.int64) * stride_mh + i.to(tl.int64) * stride_mi
+    tl.store(m_row + jj, lvl.to(tl.int8), mask=jj < nk)
+
+    if HAS_COUNTERS:
+        if n_tail > 0:
+            tl.atomic_add(Counters + 0, n_tail)
+        if n_diag > 0:
+            tl.atomic_add(Counters + 1, n_diag)
+        if n_sink > 0:
+            tl.atomic_add(Counters + 2, n_sink)
+        if n_cap > 0:
+            tl.atomic_add(Counters + 3, n_cap)
+        if n_degenerate > 0:
+            tl.atomic_add(Counters + 4, n_degenerate)
+        if n_guard > 0:
+            tl.atomic_add(Counters + 5, n_guard)
+
+
+@triton.jit(do_not_specialize=["Lq", "Lk", "nq", "nk", "stride_mb", "stride_mh", "stride_mi",
+                               "stride_lb", "stride_lh", "stride_li", "stride_cb", "stride_ch", "stride_ci"])
+def _build_lut_kernel(Map, Lut, Counts,
+                      stride_mb, stride_mh, stride_mi,
+                      stride_lb, stride_lh, stride_li,
+                      stride_cb, stride_ch, stride_ci,
+                      Hm, Lq, Lk, nq, nk,
+                      QUERY_BLOCK: tl.constexpr, KEY_BLOCK: tl.constexpr, NK_PAD: tl.constexpr,
+                      CAUSAL: tl.constexpr):
+    pid = tl.program_id(0)
+    i = pid % nq
+    bh = pid // nq
+    h = bh % Hm
+    b = bh // Hm
+    if CAUSAL:
+        J = (tl.minimum((i + 1) * QUERY_BLOCK, Lq) - 1 + Lk - Lq) // KEY_BLOCK
+    else:
+        J = nk - 1
+    j = tl.arange(0, NK_PAD)
+    valid = (j <= J) & (j < nk)
+    m_row = Map + b.to(tl.int64) * stride_mb + h.to(tl.int64) * stride_mh + i.to(tl.int64) * stride_mi
+    lv = tl.load(m_row + j, mask=valid, other=0).to(tl.int32)
+    l_row = Lut + b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + i.to(tl.int64) * stride_li
+    c_row = Counts + b.to(tl.int64) * stride_cb + h.to(tl.int64) * stride_ch + i.to(tl.int64) * stride_ci
+    base = 0
+    for t in tl.static_range(4):
+        f = (valid & (lv == (1 << t))).to(tl.int32)
+        pos = base + tl.cumsum(f, axis=0) - f  # exclusive prefix sum
+        tl.store(l_row + pos, j, mask=f > 0)
+        cnt = tl.sum(f, axis=0)
+        tl.store(c_row + t, cnt)
+        base += cnt
+    tl.store(l_row + j, tl.zeros([NK_PAD], dtype=tl.int32), mask=(j >= base) & (j < nk))
+
+
+def _nk_pad(nk: int) -> int:
+    return max(16, 1 << max(0, (int(nk) - 1).bit_length()))
+
+
+def ends_from_ratios(mask_ratios: Mapping) -> tuple:
+    """Cumulative ends ``(e1, e2, e4, e8, e0)`` in canonical order from a validated ``mask_ratios`` mapping.
+
+    An absent level is an empty interval, so its end repeats the previous present end (0 before level 1).
+    """
+    ends, prev = [], 0.0
+    for lv in CANONICAL_LEVELS:
+        if lv in mask_ratios:
+            prev = float(mask_ratios[lv][1])
+        ends.append(prev)
+    return tuple(ends)
+
+
+def _num_warps(nk_pad: int) -> int:
+    return 8 if nk_pad >= 2048 else 4
+
+
+def psa_select_levels(scores, out_map, *, Lq: int, Lk: int, query_block: int, key_block: int, causal: bool,
+                      mode: str, ends, dense_tail_tokens: int = 0, prompt_end: int | None = None,
+                      force_sink: bool = True, sim_cap=None, gqa_group: int = 1, counters=None) -> None:
+    """Block levels (PSA-SPEC §7 then §8 F1-F6) from block scores, into the caller's ``out_map``.
+
+    Args:
+        scores: fp32 ``[B, H_m, nq, nk]`` (e.g. from ``psa_estimate_scores``; mean over the group for
+            ``per_kv_group``). Only valid blocks (``j <= J_i``) are read.
+        out_map: int8 ``[B, H_m, nq, nk]``; every element is written, values in {0, 1, 2, 4, 8}, 0 in upper blocks.
+        Lq, Lk, query_block, key_block, causal: geometry (bottom-right causal, ``off = Lk - Lq``);
+            ``nq = ceil(Lq/query_block)``, ``nk = ceil(Lk/key_block)`` must match the tensors.
+        mode: ``"energybound"`` (§7.2, crossing block coarser, degenerate rows -> all level 1) or ``"topk"`` (§7.3,
+            integer micro-unit boundaries ``round(e*1e6)``, at least one level-1 block).
+        ends: cumulative interval ends in canonical level order ``(e1, e2, e4, e8, e0)`` (absent level = empty
+            interval = previous end), or a validated ``mask_ratios`` mapping ``{level: (start, end)}``.
+        dense_tail_tokens: F1 T (0 disables); tail positions ``[L_end - T, L_end)``, ``L_end = prompt_end or Lk``.
+        prompt_end: F1 ``L_end`` in absolute key positions (``None`` -> ``Lk``).
+        force_sink: F4 (key block 0 -> level 1).
+        sim_cap: optional int8 ``[B, H_kv, nk]`` from ``psa_similarity_cap`` (F5: ``min(level, cap)`` for level > 1).
+        gqa_group: map heads per KV head for ``sim_cap``: ``H_q // H_kv`` for ``per_head`` maps, 1 for
+            ``per_kv_group`` maps (row head ``h`` reads cap head ``h // gqa_group``).
+        counters: optional int32 buffer with at least 6 elements, accumulated with atomics (not zeroed here):
+            ``COUNTER_NAMES`` = pairs changed by F1, F3, F4, cap demotions, degenerate rows, F6 firings.
+
+    Sorting is deterministic (descending fp32 score, ties to the smaller j); energy and cumsum are fp32.
+    """
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    if isinstance(ends, Mapping):
+        ends = ends_from_ratios(ends)
+    ends = tuple(float(e) for e in ends)
+    if len(ends) != 5:
+        raise ValueError(f"ends must hold 5 cumulative ends in level order {CANONICAL_LEVELS}, got {ends}")
+    if any(b < a for a, b in zip(ends, ends[1:])) or not 0.0 <= ends[0] or abs(ends[-1] - 1.0) > 1e-6:
+        raise ValueError(f"ends must be non-decreasing in [0, 1] and end at 1, got {ends}")
+    ss = shape(scores)
+    if len(ss) != 4:
+        raise ValueError(f"scores must be 4-D [B, H_m, nq, nk], got {ss}")
+    B, Hm, nq, nk = ss
+    if nq != -(-Lq // query_block) or nk != -(-Lk // key_block):
+        raise ValueError(f"scores {ss} do not match Lq={Lq}, Lk={Lk}, query_block={query_block}, "
+                         f"key_block={key_block} (nq={-(-Lq // query_block)}, nk={-(-Lk // key_block)})")
+    if causal and Lq > Lk:
+        raise ValueError(f"causal masks need Lq <= Lk, got Lq={Lq}, Lk={Lk}")
+    if dtype_name(scores) != "float32":
+        raise ValueError(f"scores must be float32, got {dtype_name(scores)}")
+    if shape(out_map) != ss or dtype_name(out_map) != "int8":
+        raise ValueError(f"out_map must be int8 {ss}, got {dtype_name(out_map)} {shape(out_map)}")
+    st_s, st_m = strides(scores), strides(out_map)
+    if st_s[3] != 1 or st_m[3] != 1:
+        raise ValueError("scores and out_map need unit stride on the last axis")
+    if int(dense_tail_tokens) < 0:
+        raise ValueError(f"dense_tail_tokens must be >= 0, got {dense_tail_tokens}")
+    if sim_cap is not None:
+        cs = shape(sim_cap)
+        if len(cs) != 3 or cs[0] != B or cs[2] != nk or dtype_name(sim_cap) != "int8" or Hm % max(1, gqa_group) \
+                or cs[1] * gqa_group != Hm:
+            raise ValueError(f"sim_cap must be int8 [B={B}, H_m/gqa_group={Hm}/{gqa_group}, nk={nk}], got "
+                             f"{dtype_name(sim_cap)} {cs}")
+        st_c = strides(sim_cap)
+        if st_c[2] != 1:
+            raise ValueError("sim_cap needs unit stride on the last axis")
+    else:
+        st_c = (0, 0, 1)
+    if counters is not None:
+        if dtype_name(counters) != "int32" or len(shape(counters)) != 1 or shape(counters)[0] < len(COUNTER_NAMES):
+            raise ValueError(f"counters must be a 1-D int32 buffer with >= {len(COUNTER_NAMES)} elements")
+    L_end = Lk if prompt_end is None else int(prompt_end)
+    T = int(dense_tail_tokens)
+    micro = [int(round(e * 1e6)) for e in ends[:4]]
+    NK_PAD = _nk_pad(nk)
+    grid = (B * Hm * nq,)
+    _select_levels_kernel[grid](
+        scores, out_map, sim_cap if sim_cap is not None else scores, counters if counters is not None else scores,
+        st_s[0], st_s[1], st_s[2], st_m[0], st_m[1], st_m[2], st_c[0], st_c[1],
+        Hm, max(1, int(gqa_group)), Lq, Lk, nq, nk, L_end - T,
+        ends[0], ends[1], ends[2], ends[3], micro[0], micro[1], micro[2], micro[3],
+        QUERY_BLOCK=query_block, KEY_BLOCK=key_block, NK_PAD=NK_PAD, CAUSAL=bool(causal),
+        TOPK=(mode == "topk"), TAIL=T > 0, FORCE_SINK=bool(force_sink), HAS_CAP=sim_cap is not None,
+        HAS_COUNTERS=counters is not None, num_warps=_num_warps(NK_PAD),
+    )
+
+
+def psa_build_lut(level_map, lut, counts, *, Lq: int, Lk: int, query_block: int, key_block: int,
+                  causal: bool) -> None:
+    """Dense level map -> index list (docs/ARCHITECTURE.md), into the caller's ``lut`` and ``counts``.
+
+    Args:
+        level_map: int8 ``[B, H_m, nq, nk]``.
+        lut: int32 ``[B, H_m, nq, nk]``; per row the kept valid key blocks grouped by level 1, 2, 4, 8, ascending j
+            inside a group, then zero padding. Upper-triangle blocks (``j > J_i``, causal) are dropped even if
+            non-zero; values outside {1, 2, 4, 8} are not kept.
+        counts: int32 ``[B, H_m, nq, 4]``: entries of level 1, 2, 4, 8 in the row.
+    """
+    ms = shape(level_map)
+    if len(ms) != 4 or dtype_name(level_map) != "int8":
+        raise ValueError(f"level_map must be int8 [B, H_m, nq, nk], got {dtype_name(level_map)} {ms}")
+    B, Hm, nq, nk = ms
+    if nq != -(-Lq // query_block) or nk != -(-Lk // key_block):
+        raise ValueError(f"level_map {ms} does not match Lq={Lq}, Lk={Lk}, query_block={query_block}, "
+                         f"key_block={key_block}")
+    if shape(lut) != ms or dtype_name(lut) != "int32":
+        raise ValueError(f"lut must be int32 {ms}, got {dtype_name(lut)} {shape(lut)}")
+    if shape(counts) != (B, Hm, nq, 4) or dtype_name(counts) != "int32":
+        raise ValueError(f"counts must be int32 {(B, Hm, nq, 4)}, got {dtype_name(counts)} {shape(counts)}")
+    sm, sl, sc = strides(level_map), strides(lut), strides(counts)
+    if sm[3] != 1 or sl[3] != 1 or sc[3] != 1:
+        raise ValueError("level_map, lut and counts need unit stride on the last axis")
+    if causal and Lq > Lk:
+        raise ValueError(f"causal masks need Lq <= Lk, got Lq={Lq}, Lk={Lk}")
+    NK_PAD = _nk_pad(nk)
+    _build_lut_kernel[(B * Hm * nq,)](
+        level_map, lut, counts, sm[0], sm[1], sm[2], sl[0], sl[1], sl[2], sc[0], sc[1], sc[2],
+        Hm, Lq, Lk, nq, nk, QUERY_BLOCK=query_block, KEY_BLOCK=key_block, NK_PAD=NK_PAD, CAUSAL=bool(causal),
+        num_warps=_num_warps(NK_PAD),
+    )
