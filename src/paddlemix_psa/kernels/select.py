@@ -9,7 +9,8 @@ same registers, and the levels are scattered back to ``out_map[b, h, i, j]`` (ev
 ``psa_build_lut``: one program per row; per level 1, 2, 4, 8 an exclusive prefix sum places the kept valid
 blocks (ascending j) after the previous levels; the rest of the row is zero padding.
 
-Row lengths are runtime arguments; the padded row width ``NK_PAD = max(16, next_pow2(nk))`` is the only
+Row lengths are runtime arguments; the padded row width ``NK_PAD = max(16, next_pow2(n_i))`` (rows launched in
+buckets of equal width, see ``_row_buckets``) is the only
 length-derived constexpr, so a new length recompiles only when it crosses a power of two.
 """
 
@@ -31,20 +32,21 @@ COUNTER_NAMES = ("tail", "diagonal", "sink", "cap", "degenerate", "guard")
 _MODES = ("energybound", "topk")
 
 
-@triton.jit(do_not_specialize=["Lq", "Lk", "nq", "nk", "tail_start", "stride_sb", "stride_sh", "stride_si",
+@triton.jit(do_not_specialize=["Lq", "Lk", "nq", "nk", "tail_start", "I0", "NI", "stride_sb", "stride_sh", "stride_si",
                                "stride_mb", "stride_mh", "stride_mi", "stride_cb", "stride_ch", "u1", "u2", "u4", "u8"])
 def _select_levels_kernel(Scores, Map, Cap, Counters,
                           stride_sb, stride_sh, stride_si,
                           stride_mb, stride_mh, stride_mi,
                           stride_cb, stride_ch,
-                          Hm, G, Lq, Lk, nq, nk, tail_start,
+                          Hm, G, Lq, Lk, nq, nk, tail_start, I0, NI,
                           e1, e2, e4, e8, u1, u2, u4, u8,
                           QUERY_BLOCK: tl.constexpr, KEY_BLOCK: tl.constexpr, NK_PAD: tl.constexpr,
                           CAUSAL: tl.constexpr, TOPK: tl.constexpr, TAIL: tl.constexpr,
                           FORCE_SINK: tl.constexpr, HAS_CAP: tl.constexpr, HAS_COUNTERS: tl.constexpr):
+    # rows are launched in buckets [I0, I0 + NI) of equal padded width NK_PAD (see _row_buckets)
     pid = tl.program_id(0)
-    i = pid % nq
-    bh = pid // nq
+    i = I0 + pid % NI
+    bh = pid // NI
     h = bh % Hm
     b = bh // Hm
     off = Lk - Lq
@@ -127,6 +129,9 @@ def _select_levels_kernel(Scores, Map, Cap, Counters,
 
     m_row = Map + b.to(tl.int64) * stride_mb + h.to(tl.int64) * stride_mh + i.to(tl.int64) * stride_mi
     tl.store(m_row + jj, lvl.to(tl.int8), mask=jj < nk)
+    # upper blocks beyond this bucket's width are never left unwritten
+    for z0 in range(NK_PAD, nk, NK_PAD):
+        tl.store(m_row + z0 + j, tl.zeros([NK_PAD], dtype=tl.int8), mask=z0 + j < nk)
 
     if HAS_COUNTERS:
         if n_tail > 0:
@@ -143,18 +148,19 @@ def _select_levels_kernel(Scores, Map, Cap, Counters,
             tl.atomic_add(Counters + 5, n_guard)
 
 
-@triton.jit(do_not_specialize=["Lq", "Lk", "nq", "nk", "stride_mb", "stride_mh", "stride_mi",
+@triton.jit(do_not_specialize=["Lq", "Lk", "nq", "nk", "I0", "NI", "stride_mb", "stride_mh", "stride_mi",
                                "stride_lb", "stride_lh", "stride_li", "stride_cb", "stride_ch", "stride_ci"])
 def _build_lut_kernel(Map, Lut, Counts,
                       stride_mb, stride_mh, stride_mi,
                       stride_lb, stride_lh, stride_li,
                       stride_cb, stride_ch, stride_ci,
-                      Hm, Lq, Lk, nq, nk,
+                      Hm, Lq, Lk, nq, nk, I0, NI,
                       QUERY_BLOCK: tl.constexpr, KEY_BLOCK: tl.constexpr, NK_PAD: tl.constexpr,
                       CAUSAL: tl.constexpr):
+    # rows are launched in buckets [I0, I0 + NI) of equal padded width NK_PAD (see _row_buckets)
     pid = tl.program_id(0)
-    i = pid % nq
-    bh = pid // nq
+    i = I0 + pid % NI
+    bh = pid // NI
     h = bh % Hm
     b = bh // Hm
     if CAUSAL:
@@ -176,6 +182,8 @@ def _build_lut_kernel(Map, Lut, Counts,
         tl.store(c_row + t, cnt)
         base += cnt
     tl.store(l_row + j, tl.zeros([NK_PAD], dtype=tl.int32), mask=(j >= base) & (j < nk))
+    for z0 in range(NK_PAD, nk, NK_PAD):        # padding beyond this bucket's width
+        tl.store(l_row + z0 + j, tl.zeros([NK_PAD], dtype=tl.int32), mask=z0 + j < nk)
 
 
 def _nk_pad(nk: int) -> int:
@@ -193,6 +201,27 @@ def ends_from_ratios(mask_ratios: Mapping) -> tuple:
             prev = float(mask_ratios[lv][1])
         ends.append(prev)
     return tuple(ends)
+
+
+def _row_buckets(Lq: int, Lk: int, query_block: int, key_block: int, causal: bool, nq: int, nk: int):
+    """Contiguous query-block ranges [i0, i1) whose valid block count pads to the same power of two.
+
+    A causal row i has n_i = J_i + 1 valid blocks, growing with i; sorting each row at its own padded width
+    instead of the widest one roughly halves the selection work on long prefills. At most log2(nk) buckets,
+    each a power of two, so new lengths reuse compiled variants.
+    """
+    if not causal:
+        return [(0, nq, _nk_pad(nk))]
+    off = Lk - Lq
+    buckets: list[tuple[int, int, int]] = []
+    for i in range(nq):
+        n_i = (min((i + 1) * query_block, Lq) - 1 + off) // key_block + 1
+        width = _nk_pad(n_i)
+        if buckets and buckets[-1][2] == width:
+            buckets[-1] = (buckets[-1][0], i + 1, width)
+        else:
+            buckets.append((i, i + 1, width))
+    return buckets
 
 
 def _num_warps(nk_pad: int) -> int:
@@ -269,17 +298,17 @@ def psa_select_levels(scores, out_map, *, Lq: int, Lk: int, query_block: int, ke
     L_end = Lk if prompt_end is None else int(prompt_end)
     T = int(dense_tail_tokens)
     micro = [int(round(e * 1e6)) for e in ends[:4]]
-    NK_PAD = _nk_pad(nk)
-    grid = (B * Hm * nq,)
-    _select_levels_kernel[grid](
-        scores, out_map, sim_cap if sim_cap is not None else scores, counters if counters is not None else scores,
-        st_s[0], st_s[1], st_s[2], st_m[0], st_m[1], st_m[2], st_c[0], st_c[1],
-        Hm, max(1, int(gqa_group)), Lq, Lk, nq, nk, L_end - T,
-        ends[0], ends[1], ends[2], ends[3], micro[0], micro[1], micro[2], micro[3],
-        QUERY_BLOCK=query_block, KEY_BLOCK=key_block, NK_PAD=NK_PAD, CAUSAL=bool(causal),
-        TOPK=(mode == "topk"), TAIL=T > 0, FORCE_SINK=bool(force_sink), HAS_CAP=sim_cap is not None,
-        HAS_COUNTERS=counters is not None, num_warps=_num_warps(NK_PAD),
-    )
+    for i0, i1, NK_PAD in _row_buckets(Lq, Lk, query_block, key_block, causal, nq, nk):
+        _select_levels_kernel[(B * Hm * (i1 - i0),)](
+            scores, out_map, sim_cap if sim_cap is not None else scores,
+            counters if counters is not None else scores,
+            st_s[0], st_s[1], st_s[2], st_m[0], st_m[1], st_m[2], st_c[0], st_c[1],
+            Hm, max(1, int(gqa_group)), Lq, Lk, nq, nk, L_end - T, i0, i1 - i0,
+            ends[0], ends[1], ends[2], ends[3], micro[0], micro[1], micro[2], micro[3],
+            QUERY_BLOCK=query_block, KEY_BLOCK=key_block, NK_PAD=NK_PAD, CAUSAL=bool(causal),
+            TOPK=(mode == "topk"), TAIL=T > 0, FORCE_SINK=bool(force_sink), HAS_CAP=sim_cap is not None,
+            HAS_COUNTERS=counters is not None, num_warps=_num_warps(NK_PAD),
+        )
 
 
 def psa_build_lut(level_map, lut, counts, *, Lq: int, Lk: int, query_block: int, key_block: int,
@@ -309,9 +338,9 @@ def psa_build_lut(level_map, lut, counts, *, Lq: int, Lk: int, query_block: int,
         raise ValueError("level_map, lut and counts need unit stride on the last axis")
     if causal and Lq > Lk:
         raise ValueError(f"causal masks need Lq <= Lk, got Lq={Lq}, Lk={Lk}")
-    NK_PAD = _nk_pad(nk)
-    _build_lut_kernel[(B * Hm * nq,)](
-        level_map, lut, counts, sm[0], sm[1], sm[2], sl[0], sl[1], sl[2], sc[0], sc[1], sc[2],
-        Hm, Lq, Lk, nq, nk, QUERY_BLOCK=query_block, KEY_BLOCK=key_block, NK_PAD=NK_PAD, CAUSAL=bool(causal),
-        num_warps=_num_warps(NK_PAD),
-    )
+    for i0, i1, NK_PAD in _row_buckets(Lq, Lk, query_block, key_block, causal, nq, nk):
+        _build_lut_kernel[(B * Hm * (i1 - i0),)](
+            level_map, lut, counts, sm[0], sm[1], sm[2], sl[0], sl[1], sl[2], sc[0], sc[1], sc[2],
+            Hm, Lq, Lk, nq, nk, i0, i1 - i0, QUERY_BLOCK=query_block, KEY_BLOCK=key_block, NK_PAD=NK_PAD,
+            CAUSAL=bool(causal), num_warps=_num_warps(NK_PAD),
+        )
