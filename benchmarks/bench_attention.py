@@ -5,8 +5,10 @@ Shapes: the Qwen2.5-VL-7B LLM (H_q=28, H_kv=4, D=128, bf16, causal, B=1) at seve
 Rows per length:
   dense        torch SDPA, fastest of the flash / cuDNN / efficient backends (named in the table)
   psa@d        PSA attention kernel alone on a fixed structured level map of FLOP density d (pool + lut prebuilt)
-  psa-full     the whole kernel pipeline (estimate -> select -> lut -> pool -> attention), default config,
-               on structured synthetic inputs; "est share" = (estimate + similarity + select + lut) / total
+  psa-full:X   the whole kernel pipeline (estimate -> similarity -> select -> lut -> pool -> attention) with
+               configuration X (FULL_CONFIGS: the default AttentionConfig; topk10, a topk operating point near
+               FLOP density 0.1), on paddlemix_psa.synthetic inputs; "est share" = (estimate + similarity +
+               select) / total, timed as psa_level_map_kernels alone
 Columns: median ms (triton.testing.do_bench, cold L2), ratio = dense ms / row ms, TFLOP/s of the work done
 (density x dense causal FLOPs / time), measured density, cosine and rel-L2 of the output vs dense.
 
@@ -58,35 +60,11 @@ def bench_ms(fn, rep_ms=300):
 
 
 def synthetic_qkv(L, seed=0, dtype=torch.bfloat16):
-    """Tokens in contiguous runs sharing a 'semantic' direction in Q and K, plus a smooth local component
-    (locality); V locally smooth. Per KV head its own directions; query heads of a group share them."""
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    dev = "cuda"
-    # run boundaries: lengths 64..1024
-    n_runs_max = L // 64 + 2
-    lens = torch.randint(64, 1025, (n_runs_max,), generator=g, device=dev)
-    run_id = torch.repeat_interleave(torch.arange(n_runs_max, device=dev), lens)[:L]
-    n_runs = int(run_id.max()) + 1
-    # a pool of 'semantic' directions; runs draw from it so distant runs can be related (retrieval)
-    n_topics = max(8, n_runs // 4)
-    topic = torch.randint(0, n_topics, (n_runs,), generator=g, device=dev)
-
-    def smooth(shape, width):
-        x = torch.randn(shape, generator=g, device=dev)
-        c = torch.cumsum(x, dim=-2)
-        c = torch.cat([torch.zeros_like(c[..., :width, :]), c], dim=-2)
-        y = (c[..., width:, :] - c[..., :-width, :]) / math.sqrt(width)
-        return y
-
-    dirs = torch.randn((HKV, n_topics, D), generator=g, device=dev)  # ~N(0,1) entries
-    sem = dirs[:, topic[run_id]]  # [HKV, L, D]
-    loc_k = smooth((HKV, L, D), 64)
-    k = 0.6 * sem + 0.4 * loc_k + 0.5 * torch.randn((HKV, L, D), generator=g, device=dev)
-    G = HQ // HKV
-    q = (0.6 * sem.repeat_interleave(G, 0) + 0.4 * loc_k.repeat_interleave(G, 0)
-         + 0.5 * torch.randn((HQ, L, D), generator=g, device=dev))
-    v = smooth((HKV, L, D), 32) + 0.3 * torch.randn((HKV, L, D), generator=g, device=dev)
-    return (q[None].to(dtype).contiguous(), k[None].to(dtype).contiguous(), v[None].to(dtype).contiguous())
+    """The package's structured generator (paddlemix_psa.synthetic: semantic runs, locality, smooth values),
+    the same inputs `paddlemix-psa attention` uses, moved to the GPU."""
+    from paddlemix_psa.synthetic import structured_qkv
+    q, k, v = structured_qkv(L, q_heads=HQ, kv_heads=HKV, head_dim=D, seed=seed)
+    return tuple(torch.from_numpy(x).to("cuda", dtype).contiguous() for x in (q, k, v))
 
 
 def pick_dense(q, k, v, only=None):
@@ -200,65 +178,48 @@ def run_length(L, args, results, cfg):
             run_full(q, k, v, L, ref, dense_ms, F, results, args)
         except Exception:
             traceback.print_exc()
-            results.append(dict(L=L, row="psa-full", impl="not run", ms=None))
+            results.append(dict(L=L, row="psa-full", impl="not run (see the traceback in the log)", ms=None))
     del q, k, v, ref
     torch.cuda.empty_cache()
 
 
+#: full-pipeline configurations: the default AttentionConfig, and a topk operating point near FLOP density 0.1
+FULL_CONFIGS = {
+    "default": dict(),
+    "topk10": dict(mask_mode="topk", mask_ratios={1: (0.0, 0.04), 2: (0.04, 0.08), 4: (0.08, 0.12),
+                                                   8: (0.12, 0.16), 0: (0.16, 1.0)}),
+}
+
+
 def run_full(q, k, v, L, ref, dense_ms, F, results, args):
     from paddlemix_psa.kernels import pipeline
-    from paddlemix_psa.kernels.estimate import psa_estimate_scores
-    from paddlemix_psa.kernels.select import psa_build_lut, psa_select_levels
-    from paddlemix_psa.kernels.similarity import psa_similarity_cap
 
     def alloc(shape, dt):
         return torch.empty(tuple(shape), device="cuda", dtype=getattr(torch, dt))
 
-    def full():
-        return pipeline.psa_forward_kernels(q, k, v, alloc=alloc, attn_config=args.cfg or None)
+    for name in args.full_configs:
+        plan_kw = FULL_CONFIGS[name]
 
-    out, M, lut, cnt = full()
-    cos, rel = quality(out, ref)
-    md = T.density(M, Lq=L, Lk=L, query_block=QB, key_block=KB)
-    ms = bench_ms(full)
-    nq, nk = -(-L // QB), -(-L // KB)
-    scores = alloc((B, HQ, nq, nk), "float32")
-    cap = alloc((B, HKV, nk), "int8")
-    lm = alloc((B, HQ, nq, nk), "int8")
-    lut2, cnt2 = alloc((B, HQ, nq, nk), "int32"), alloc((B, HQ, nq, 4), "int32")
+        def full():
+            return pipeline.psa_forward_kernels(q, k, v, alloc=alloc, attn_config=args.cfg or None, **plan_kw)
 
-    def s_est():
-        psa_estimate_scores(q, k, scores, query_block=QB, key_block=KB, stride=16, causal=True, scale=None,
-                            layout="BHSD")
+        def plan():
+            return pipeline.psa_level_map_kernels(q, k, alloc=alloc, **plan_kw)
 
-    def s_sim():
-        psa_similarity_cap(k, cap, key_block=KB, thresholds=(0.75, 0.70, 0.70), layout="BHSD")
-
-    def s_sel():
-        psa_select_levels(scores, lm, Lq=L, Lk=L, query_block=QB, key_block=KB, causal=True, mode="energybound",
-                          ends=pipeline.DEFAULT_MASK_RATIOS, dense_tail_tokens=512, force_sink=True, sim_cap=cap,
-                          gqa_group=HQ // HKV)
-
-    def s_lut():
-        psa_build_lut(lm, lut2, cnt2, Lq=L, Lk=L, query_block=QB, key_block=KB, causal=True)
-
-    def est():
-        s_est()
-        s_sim()
-        s_sel()
-        s_lut()
-    est_ms = bench_ms(est)
-    stages = {name: bench_ms(f, rep_ms=100) for name, f in (("estimate", s_est), ("similarity", s_sim),
-                                                               ("select", s_sel), ("lut", s_lut))}
-    print(f"  full-PSA stage ms: {', '.join(f'{n} {v:.3f}' for n, v in stages.items())}; total est {est_ms:.3f}",
-          flush=True)
-    hist = {p: float((M == p).float().mean()) for p in (0, 1, 2, 4, 8)}
-    row = dict(L=L, row="psa-full", impl="pipeline (default cfg)", ms=ms, ratio=dense_ms / ms,
-               tflops=md * F / ms / 1e9,
-               density=md, cos=cos, rel_l2=rel, est_share=est_ms / ms, est_ms=est_ms, stage_ms=stages,
-               level_hist=hist, ratio_fa2=None if args.fa2_ms is None else args.fa2_ms / ms)
-    results.append(row)
-    print_row(row)
+        out, M, lut, cnt = full()
+        cos, rel = quality(out, ref)
+        md = T.density(M, Lq=L, Lk=L, query_block=QB, key_block=KB)
+        ms = bench_ms(full)
+        plan_ms = bench_ms(plan)
+        print(f"  full-PSA [{name}] estimate+mask {plan_ms:.3f} ms of {ms:.3f} ms", flush=True)
+        hist = {p: float((M == p).float().mean()) for p in (0, 1, 2, 4, 8)}
+        row = dict(L=L, row=f"psa-full:{name}", impl="pipeline", ms=ms, ratio=dense_ms / ms,
+                   tflops=md * F / ms / 1e9, density=md, cos=cos, rel_l2=rel, est_share=plan_ms / ms,
+                   est_ms=plan_ms, est_vs_dense=plan_ms / dense_ms, level_hist=hist,
+                   ratio_fa2=None if args.fa2_ms is None else args.fa2_ms / ms)
+        results.append(row)
+        print_row(row)
+        del out, M, lut, cnt
 
 
 def print_row(r):
@@ -290,7 +251,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lengths", default="8k,16k,32k,64k,128k")
     ap.add_argument("--densities", default="1.0,0.5,0.25,0.1")
-    ap.add_argument("--no-full", action="store_true", help="skip the full-pipeline row")
+    ap.add_argument("--no-full", action="store_true", help="skip the full-pipeline rows")
+    ap.add_argument("--full-configs", default="default,topk10",
+                    help=f"full-pipeline configurations, from {sorted(FULL_CONFIGS)}")
     ap.add_argument("--sweep", default="", help="lengths for a launch-config sweep, e.g. 32k")
     ap.add_argument("--configs", default="128:64:8:2:1,128:128:8:2:2,64:64:8:2:2,64:64:8:3:2,128:128:8:2:1",
                     help="block_n:block_n_pooled:num_warps:num_stages:merge list for --sweep "
@@ -306,6 +269,7 @@ def main():
     ap.add_argument("--md", default=os.path.join(ROOT, "benchmarks", "RESULTS.md"))
     args = ap.parse_args()
     args.densities = [float(x) for x in args.densities.split(",") if x]
+    args.full_configs = [x for x in args.full_configs.split(",") if x]
     args.configs = [tuple(int(y) for y in c.split(":")) for c in args.configs.split(",") if c]
     args.dense_backend = None
     cfg = {k: v for k, v in dict(block_n=args.block_n, num_warps=args.num_warps, num_stages=args.num_stages,
@@ -359,15 +323,16 @@ def main():
              f"{triton.__version__}); B={B}, H_q={HQ}, H_kv={HKV}, D={D}, bf16, causal, query_block={QB}, "
              f"key_block={KB}\n",
              "| L | row | impl | median ms | dense/row | FA2/row | TFLOP/s (work done) | density | cos vs dense "
-             "| rel-L2 vs dense | est. share |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| rel-L2 vs dense | est. share | est./dense |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if r.get("ms") is None:
-            lines.append(f"| {r['L']} | {r['row']} | {r['impl']} | — | — | — | — | — | — | — | — |")
+            lines.append(f"| {r['L']} | {r['row']} | {r['impl']} | — | — | — | — | — | — | — | — | — |")
             continue
         es = "" if r.get("est_share") is None else f"{100 * r['est_share']:.1f}%"
         f2 = "" if r.get("ratio_fa2") is None else f"{r['ratio_fa2']:.2f}x"
+        ev = "" if r.get("est_vs_dense") is None else f"{100 * r['est_vs_dense']:.1f}%"
         lines.append(f"| {r['L']} | {r['row']} | {r['impl']} | {r['ms']:.3f} | {r['ratio']:.2f}x | {f2} | "
-                     f"{r['tflops']:.1f} | {r['density']:.3f} | {r['cos']:.5f} | {r['rel_l2']:.2e} | {es} |")
+                     f"{r['tflops']:.1f} | {r['density']:.3f} | {r['cos']:.5f} | {r['rel_l2']:.2e} | {es} | {ev} |")
     with open(args.md, "a") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

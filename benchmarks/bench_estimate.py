@@ -3,9 +3,12 @@
 Runs on a CUDA machine with torch (kernels are framework-neutral; torch supplies tensors, driver and stream).
 Shapes: Qwen2.5-VL-7B LLM (H_q = 28, H_kv = 4, D = 128), bf16, causal prefill, defaults query_block 128,
 key_block 32, stride 16 (and the paper preset 128/128/8). Prints one table; the issue target is
-(estimator + mask) <= 10 % of dense attention at 32k.
+(estimator + mask) <= 10 % of dense attention at 32k. The table times both estimator methods (``est_1pass``:
+single GEMM pass + finalize, the pipeline default; ``est_2pass``: GEMM twice); ``mask_total`` uses ``--method``.
+The sweep times the single-pass kernel's tiles (block_a, block_c, warps, stages, flatten) and a few two-pass tiles.
 
     PYTHONPATH=src python3 benchmarks/bench_estimate.py [--lengths 8192 32768 131072] [--chunk 4096] [--no-sweep]
+        [--method single_pass|two_pass] [--sweep-method single_pass|two_pass|both]
 """
 from __future__ import annotations
 
@@ -20,8 +23,20 @@ sys.path.insert(0, os.path.join(_root, "src"))
 
 DEV = "cuda"
 README = {1: (0, .6), 2: (.6, .8), 4: (.8, .9), 8: (.9, .9), 0: (.9, 1)}
+#: two-pass tiles: (block_a, block_c, num_warps, num_stages)
 TILES = [(None, None, None, None), (128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3),
          (64, 64, 4, 2), (64, 128, 4, 2), (128, 32, 4, 3), (32, 64, 4, 2), (16, 64, 4, 2)]
+#: single-pass pass-A tiles: (block_a, block_c, num_warps, num_stages, flatten, block_k)
+TILES_1PASS = [(None, None, None, None, False, None), (None, None, None, None, True, None),
+               (128, 64, 8, 2, False, None), (128, 64, 8, 3, False, None), (128, 64, 8, 3, True, None),
+               (128, 64, 8, 4, False, 64), (128, 64, 8, 6, False, 64), (128, 64, 8, 4, True, 64),
+               (128, 128, 8, 2, False, None), (128, 128, 8, 3, False, None), (128, 128, 8, 3, True, None),
+               (128, 128, 8, 3, False, 64), (128, 128, 8, 4, False, 64), (128, 128, 8, 5, False, 64),
+               (128, 128, 8, 4, True, 64), (128, 256, 8, 3, False, 64), (128, 256, 16, 3, False, 64),
+               (256, 64, 8, 2, False, None), (256, 64, 8, 4, False, 64), (256, 128, 16, 3, False, 64),
+               (128, 64, 4, 3, False, None), (128, 128, 4, 3, False, 64), (64, 128, 4, 3, False, None),
+               (64, 128, 4, 4, False, 64), (64, 64, 4, 3, False, None), (32, 64, 4, 3, False, None),
+               (16, 64, 4, 3, False, None)]
 
 
 def _time(fn, n=10):
@@ -65,6 +80,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lengths", type=int, nargs="+", default=[8192, 32768, 131072])
     ap.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the estimator tile sweep")
+    ap.add_argument("--method", default="single_pass", choices=["single_pass", "two_pass"],
+                    help="estimator used in mask_total (the pipeline uses single_pass)")
+    ap.add_argument("--sweep-method", default="single_pass", choices=["single_pass", "two_pass", "both"],
+                    help="which estimator's tiles the sweep times")
     ap.add_argument("--geometry", default="128/32/16", help="query_block/key_block/stride")
     ap.add_argument("--chunk", type=int, default=4096,
                     help="also time a chunk of this many queries against the longest context (0: off)")
@@ -81,9 +100,12 @@ def main():
     print(f"# Hq={Hq} Hkv={Hkv} D={D} bf16 causal, query_block={bq} key_block={bk} stride={S}; median of 10 ms, "
           f"cold L2; share = mask_total / dense")
     print(f"# repro: PYTHONPATH=src python3 benchmarks/bench_estimate.py --lengths {' '.join(map(str, args.lengths))}"
-          f" --geometry {args.geometry} --chunk {args.chunk}{'' if args.sweep else ' --no-sweep'}")
-    hdr = f"{'Lq/Lk':>13} {'estimate':>10} {'sim_cap':>9} {'select':>9} {'lut':>8} {'mask_total':>11} {'dense':>9} " \
-          f"{'share':>7} {'density':>8}"
+          f" --geometry {args.geometry} --chunk {args.chunk} --method {args.method} --sweep-method {args.sweep_method}"
+          f"{'' if args.sweep else ' --no-sweep'}")
+    print(f"# mask_total uses the {args.method} estimator; single-pass scratch (torch.empty, cached, untimed) "
+          f"is fp32 part [B, Hq, nq*bq/S, nk] + tmax/tsum")
+    hdr = f"{'Lq/Lk':>13} {'est_1pass':>10} {'est_2pass':>10} {'sim_cap':>9} {'select':>9} {'lut':>8} " \
+          f"{'mask_total':>11} {'dense':>9} {'share':>7} {'est1/dense':>10} {'density':>8}"
     print(hdr)
     sweep_rows = []
     pairs = [(L, L) for L in args.lengths]
@@ -102,9 +124,24 @@ def main():
         counts = torch.empty((1, Hq, nq, 4), device=DEV, dtype=torch.int32)
         geom = dict(Lq=Lq, Lk=L, query_block=bq, key_block=bk, causal=True)
 
-        def est(**tiles):
+        pool = {}
+
+        def alloc(shp, dt):  # scratch: allocated once per shape, outside the timed region after the warm-up call
+            key = (tuple(shp), dt)
+            if key not in pool:
+                pool[key] = torch.empty(key[0], device=DEV, dtype=getattr(torch, dt))
+            return pool[key]
+
+        def est(method=args.method, **tiles):
             psa_estimate_scores(q, k, scores, query_block=bq, key_block=bk, stride=S, causal=True, scale=None,
-                                layout="BHSD", **tiles)
+                                layout="BHSD", method=method, scratch=alloc if method == "single_pass" else None,
+                                **tiles)
+
+        def est1():
+            est("single_pass")
+
+        def est2():
+            est("two_pass")
 
         def simc():
             psa_similarity_cap(k, cap, key_block=bk, thresholds=(0.75, 0.7, 0.7), layout="BHSD")
@@ -124,8 +161,8 @@ def main():
             sel()
             lt()
 
-        t = {name: _time(fn) for name, fn in (("est", est), ("sim", simc), ("sel", sel), ("lut", lt),
-                                               ("total", total))}
+        t = {name: _time(fn) for name, fn in (("est1", est1), ("est2", est2), ("sim", simc), ("sel", sel),
+                                               ("lut", lt), ("total", total))}
         t["dense"] = _time(_dense(q, k, v), n=5)
         # measured density of the executed map (valid-pair weighted)
         Mi = M.to(torch.int32)
@@ -139,19 +176,36 @@ def main():
             return f"{x[0]:.3f}"
 
         name = f"{Lq}/{L}"
-        print(f"{name:>13} {f(t['est']):>10} {f(t['sim']):>9} {f(t['sel']):>9} {f(t['lut']):>8} "
-              f"{f(t['total']):>11} {f(t['dense']):>9} {t['total'][0] / t['dense'][0]:>7.1%} {dens:>8.3f}", flush=True)
+        print(f"{name:>13} {f(t['est1']):>10} {f(t['est2']):>10} {f(t['sim']):>9} {f(t['sel']):>9} {f(t['lut']):>8} "
+              f"{f(t['total']):>11} {f(t['dense']):>9} {t['total'][0] / t['dense'][0]:>7.1%} "
+              f"{t['est1'][0] / t['dense'][0]:>10.1%} {dens:>8.3f}", flush=True)
         if args.sweep:
-            for ba, bc, nw, ns in TILES:
+            # causal GEMM work of the estimator: sum over reshaped queries of visible reshaped keys x S*D x 2
+            na, nc = -(-Lq // S), -(-L // S)
+            vis = sum(min(nc, (a * S + S - 1 + L - Lq) // S + 1) for a in range(na))
+            flop = 2.0 * vis * S * D * Hq
+            plan = []
+            if args.sweep_method in ("single_pass", "both"):
+                plan += [("single_pass", *t) for t in TILES_1PASS]
+            if args.sweep_method in ("two_pass", "both"):
+                plan += [("two_pass", ba, bc, nw, ns, False, None) for ba, bc, nw, ns in TILES]
+            for meth, ba, bc, nw, ns, fl, bkk in plan:
+                kw = dict(block_a=ba, block_c=bc, num_warps=nw, num_stages=ns)
+                if meth == "single_pass":
+                    kw.update(flatten=fl, block_k=bkk)
                 try:
-                    tt = _time(lambda: est(block_a=ba, block_c=bc, num_warps=nw, num_stages=ns))
-                    sweep_rows.append((f"{Lq}/{L}", ba, bc, nw, ns, f"{tt[0]:.3f}"))
+                    tt = _time(lambda: est(meth, **kw))
+                    gemms = 1 if meth == "single_pass" else 2
+                    sweep_rows.append((f"{Lq}/{L}", meth, ba, bc, nw, ns, fl, bkk, f"{tt[0]:.3f}",
+                                       f"{gemms * flop / tt[0] / 1e9:.0f} TFLOP/s"))
                 except Exception as e:  # noqa: BLE001 - report and continue the sweep
-                    sweep_rows.append((f"{Lq}/{L}", ba, bc, nw, ns, f"failed: {type(e).__name__}: {str(e)[:80]}"))
-        del q, k, v, scores, M, lut, counts
+                    sweep_rows.append((f"{Lq}/{L}", meth, ba, bc, nw, ns, fl, bkk,
+                                       f"failed: {type(e).__name__}: {str(e)[:80]}"))
+        del q, k, v, scores, M, lut, counts, pool
         torch.cuda.empty_cache()
     if sweep_rows:
-        print("\n# estimator tile sweep (block_a reshaped queries x block_c reshaped keys, warps, stages): ms")
+        print("\n# estimator tile sweep (method, block_a reshaped queries x block_c reshaped keys, warps, stages, "
+              "flatten, block_k): ms (GEMM rate counts each GEMM pass, incl. the finalize time for single_pass)")
         for row in sweep_rows:
             print("  ", *row)
 

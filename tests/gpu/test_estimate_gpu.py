@@ -9,7 +9,20 @@ import pytest
 import oracle
 
 
-def _estimate(q, k, *, layout="BHSD", **kw):
+METHODS = ["two_pass", "single_pass"]
+
+
+def _scratch_alloc(device):
+    """``alloc(shape, dtype_name)`` on ``device``; NaN-filled so a scratch read that pass A never wrote shows up."""
+    import torch
+
+    def alloc(shp, dt):
+        return torch.full(tuple(shp), float("nan"), device=device, dtype=getattr(torch, dt))
+
+    return alloc
+
+
+def _estimate(q, k, *, layout="BHSD", method="two_pass", **kw):
     """q, k BHSD torch tensors; run the kernel on the ``layout`` view."""
     import torch
 
@@ -22,7 +35,8 @@ def _estimate(q, k, *, layout="BHSD", **kw):
     if layout == "BSHD":
         q, k = q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous()
     kw.setdefault("scale", None)
-    psa_estimate_scores(q, k, out, layout=layout, **kw)
+    scratch = _scratch_alloc(q.device) if method == "single_pass" else None
+    psa_estimate_scores(q, k, out, layout=layout, method=method, scratch=scratch, **kw)
     return out
 
 
@@ -47,14 +61,16 @@ def test_torch_port_matches_numpy_oracle(cuda):
         np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dtype_name", ["bfloat16", "float16", "float32"])
 @pytest.mark.parametrize("case", [
     # B, Hq, Hkv, Lq, Lk, D, query_block, key_block, stride, causal, layout
     (1, 2, 1, 300, 300, 64, 128, 32, 16, True, "BHSD"),
     (2, 4, 2, 129, 1000, 80, 64, 64, 8, True, "BSHD"),
     (1, 3, 1, 100, 77, 96, 32, 16, 16, False, "BHSD"),
+    (1, 4, 2, 70, 600, 128, 16, 32, 4, True, "BSHD"),
 ], ids=lambda c: "-".join(map(str, c)))
-def test_estimate_small_vs_numpy_oracle(cuda, case, dtype_name):
+def test_estimate_small_vs_numpy_oracle(cuda, case, dtype_name, method):
     import torch
 
     B, Hq, Hkv, Lq, Lk, D, bq, bk, S, causal, layout = case
@@ -62,7 +78,8 @@ def test_estimate_small_vs_numpy_oracle(cuda, case, dtype_name):
     dt = getattr(torch, dtype_name)
     q = torch.randn((B, Hq, Lq, D), device=cuda, generator=g).to(dt)
     k = torch.randn((B, Hkv, Lk, D), device=cuda, generator=g).to(dt)
-    got = _estimate(q, k, query_block=bq, key_block=bk, stride=S, causal=causal, layout=layout).cpu().numpy()
+    got = _estimate(q, k, query_block=bq, key_block=bk, stride=S, causal=causal, layout=layout,
+                    method=method).cpu().numpy()
     ref = oracle.xattn_scores(q.float().cpu().numpy(), k.float().cpu().numpy(), query_block=bq, key_block=bk,
                               stride=S, causal=causal)
     assert not np.isnan(got).any()
@@ -77,7 +94,8 @@ def test_estimate_small_vs_numpy_oracle(cuda, case, dtype_name):
     (16, 16, 4097, 4097, 80, 64, 64, 16, False, "BHSD", "float16"),      # ViT-like non-causal, ragged
     (8, 2, 3000, 3000, 96, 32, 16, 16, True, "BHSD", "float16"),
 ], ids=lambda c: "-".join(map(str, c)))
-def test_estimate_realistic_vs_torch_fp64(cuda, case):
+@pytest.mark.parametrize("method", METHODS)
+def test_estimate_realistic_vs_torch_fp64(cuda, case, method):
     import torch
 
     from _xattn_torch import xattn_scores_torch
@@ -89,7 +107,7 @@ def test_estimate_realistic_vs_torch_fp64(cuda, case):
     # keys with structure (a slowly drifting component) so the scores are far from uniform
     k = (torch.randn((1, Hkv, Lk, D), device=cuda, generator=g)
          + 2 * torch.randn((1, Hkv, 1, D), device=cuda, generator=g)).to(dt)
-    got = _estimate(q, k, query_block=bq, key_block=bk, stride=S, causal=causal, layout=layout)
+    got = _estimate(q, k, query_block=bq, key_block=bk, stride=S, causal=causal, layout=layout, method=method)
     ref = xattn_scores_torch(q, k, query_block=bq, key_block=bk, stride=S, causal=causal)
     assert not torch.isnan(got).any()
     torch.testing.assert_close(got.double(), ref, rtol=1e-3, atol=1e-5)
@@ -102,7 +120,8 @@ def test_estimate_realistic_vs_torch_fp64(cuda, case):
             assert (got[:, :, i, J + 1:] == 0).all()
 
 
-def test_estimate_int64_offsets(cuda):
+@pytest.mark.parametrize("method", METHODS)
+def test_estimate_int64_offsets(cuda, method):
     """Element offsets beyond 2**31: the last batch of a [20, 32768, 28, 128] bf16 BSHD buffer (2.35e9 elements)."""
     import torch
 
@@ -124,11 +143,35 @@ def test_estimate_int64_offsets(cuda):
 
     out = torch.full((B, Hq, Lq // 128, Lq // 32), float("nan"), device=cuda)
     psa_estimate_scores(view_q, view_k, out, query_block=128, key_block=32, stride=16, causal=True, scale=None,
-                        layout="BSHD")
+                        layout="BSHD", method=method,
+                        scratch=_scratch_alloc(cuda) if method == "single_pass" else None)
     ref = xattn_scores_torch(qs.transpose(1, 2), view_k[B - 1:, :, Hkv - 1:].transpose(1, 2), query_block=128,
                              key_block=32, stride=16, causal=True)
     torch.testing.assert_close(out[B - 1:, Hq - 2:].double(), ref, rtol=1e-3, atol=1e-5)
     del q, k
+
+
+@pytest.mark.parametrize("tiles", [dict(), dict(block_a=128, block_c=128, num_warps=8, num_stages=3),
+                                   dict(block_a=64, block_c=64, num_warps=4, num_stages=4),
+                                   dict(flatten=True), dict(block_a=128, block_c=128, num_warps=8, flatten=True),
+                                   dict(block_a=128, block_c=64, block_k=128, num_stages=3),
+                                   dict(block_a=256, block_c=64, num_warps=8, num_stages=4, block_k=64)],
+                         ids=lambda t: "-".join(f"{k}{v}" for k, v in t.items()) or "default")
+def test_estimate_single_pass_tiles_match_two_pass(cuda, tiles):
+    """Every single-pass tuning point gives the two-pass result (Qwen2.5-VL geometry, causal, ragged length)."""
+    import torch
+
+    g = torch.Generator(device=cuda).manual_seed(11)
+    q = torch.randn((1, 28, 5000, 128), device=cuda, generator=g).to(torch.bfloat16)
+    k = (torch.randn((1, 4, 5000, 128), device=cuda, generator=g)
+         + 2 * torch.randn((1, 4, 1, 128), device=cuda, generator=g)).to(torch.bfloat16)
+    kw = dict(query_block=128, key_block=32, stride=16, causal=True)
+    ref = _estimate(q, k, **kw)
+    got = _estimate(q, k, **kw, method="single_pass", **tiles)
+    assert not torch.isnan(got).any()
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
+    upper = ref == 0
+    assert (got[upper] == 0).all()
 
 
 @pytest.mark.parametrize("dtype_name", ["bfloat16", "float16", "float32"])

@@ -7,15 +7,35 @@ from _psa_helpers import to_layout
 from hostview import hv
 
 
-def _run(q, k, *, query_block, key_block, stride, causal, scale=None, layout="BHSD", views=None, **tiles):
+METHODS = ["two_pass", "single_pass"]
+
+
+class _Scratch:
+    """``alloc(shape, dtype_name)`` for the single-pass method: NaN-filled numpy buffers kept alive here, so any
+    scratch element that pass B reads without pass A having written it shows up as NaN in the result."""
+
+    def __init__(self):
+        self.arrays = []
+        self.calls = []
+
+    def __call__(self, shp, dt):
+        self.calls.append((tuple(shp), dt))
+        a = np.full(shp, np.nan, np.dtype(dt))
+        self.arrays.append(a)
+        return hv(a)
+
+
+def _run(q, k, *, query_block, key_block, stride, causal, scale=None, layout="BHSD", views=None,
+         method="two_pass", **tiles):
     from paddlemix_psa.kernels.estimate import psa_estimate_scores
 
     B, Hq, Lq, _ = q.shape
     Lk = k.shape[2]
     out = np.full((B, Hq, -(-Lq // query_block), -(-Lk // key_block)), np.nan, np.float32)
     ql, kl = views if views is not None else (to_layout(q, layout), to_layout(k, layout))
+    scratch = _Scratch() if method == "single_pass" else None
     psa_estimate_scores(hv(ql), hv(kl), hv(out), query_block=query_block, key_block=key_block, stride=stride,
-                        causal=causal, scale=scale, layout=layout, **tiles)
+                        causal=causal, scale=scale, layout=layout, scratch=scratch, method=method, **tiles)
     return out
 
 
@@ -44,17 +64,20 @@ CASES = [
     (1, 1, 1, 1, 100, 64, 32, 32, 8, True, "BHSD"),         # Lq = 1
     (1, 7, 1, 150, 150, 64, 64, 32, 32, True, "BSHD"),      # S = key_block (one reshaped key per block), G = 7
     (1, 2, 1, 100, 130, 64, 32, 64, 32, True, "BHSD"),      # S = query_block (one reshaped query per block)
+    (1, 4, 2, 70, 600, 64, 16, 32, 4, True, "BSHD"),        # several key tiles, off = 530, G = 2, bq < bk
+    (1, 2, 1, 90, 700, 64, 32, 32, 8, False, "BHSD"),       # non-causal over two key tiles, ragged
 ]
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
-def test_scores_match_oracle(case, dtype):
+def test_scores_match_oracle(case, dtype, method):
     B, Hq, Hkv, Lq, Lk, D, bq, bk, S, causal, layout = case
     rng = np.random.default_rng(Lq * 31 + Lk + D)
     q = rng.standard_normal((B, Hq, Lq, D)).astype(dtype)
     k = rng.standard_normal((B, Hkv, Lk, D)).astype(dtype)
-    got = _run(q, k, query_block=bq, key_block=bk, stride=S, causal=causal, layout=layout)
+    got = _run(q, k, query_block=bq, key_block=bk, stride=S, causal=causal, layout=layout, method=method)
     ref = oracle.xattn_scores(q, k, query_block=bq, key_block=bk, stride=S, causal=causal)
     assert not np.isnan(got).any(), "unwritten output elements"
     np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-6)
@@ -65,17 +88,18 @@ def test_scores_match_oracle(case, dtype):
         assert (got[..., _upper(Lq, Lk, bq, bk)] == 0).all(), "upper blocks must be exact zeros"
 
 
-def test_scale_argument():
+@pytest.mark.parametrize("method", METHODS)
+def test_scale_argument(method):
     rng = np.random.default_rng(3)
     q = rng.standard_normal((1, 2, 96, 64)).astype(np.float32)
     k = rng.standard_normal((1, 1, 160, 64)).astype(np.float32)
-    got = _run(q, k, query_block=32, key_block=32, stride=8, causal=True, scale=0.3)
+    got = _run(q, k, query_block=32, key_block=32, stride=8, causal=True, scale=0.3, method=method)
     ref = oracle.xattn_scores(q, k, query_block=32, key_block=32, stride=8, causal=True, scale=0.3)
     np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-6)
 
 
 def test_tile_size_does_not_change_result():
-    """Each row is normalised over all visible keys, so key tiling / query tiling cannot matter (§6.1)."""
+    """Each row is normalised over all visible keys, so key tiling / query tiling / method cannot matter (§6.1)."""
     rng = np.random.default_rng(4)
     q = rng.standard_normal((1, 2, 500, 64)).astype(np.float32)
     k = rng.standard_normal((1, 1, 700, 64)).astype(np.float32)
@@ -83,11 +107,18 @@ def test_tile_size_does_not_change_result():
     a = _run(q, k, **kw)
     b = _run(q, k, **kw, block_a=16, block_c=16)
     c = _run(q, k, **kw, block_a=32, block_c=128)
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-7)
+    # single pass: a query tile need not hold whole query blocks (16 < 64 / 8 is fine, 16 > 8 too)
+    d = _run(q, k, **kw, method="single_pass")
+    e = _run(q, k, **kw, method="single_pass", block_a=16, block_c=16, num_stages=2)
+    f = _run(q, k, **kw, method="single_pass", block_a=64, block_c=128, num_warps=8, num_stages=4)
+    g = _run(q, k, **kw, method="single_pass", block_a=32, block_c=16, flatten=True)
+    h = _run(q, k, **kw, method="single_pass", block_a=16, block_c=32, block_k=16, flatten=True)
+    for x in (b, c, d, e, f, g, h):
+        np.testing.assert_allclose(a, x, rtol=1e-5, atol=1e-7)
 
 
-def test_strided_views_and_nan_beyond_length():
+@pytest.mark.parametrize("method", METHODS)
+def test_strided_views_and_nan_beyond_length(method):
     """Head-strided q view and k read through a view whose memory past Lk is NaN: nothing past Lk is used."""
     rng = np.random.default_rng(5)
     Lq, Lk, D = 90, 130, 64
@@ -97,19 +128,20 @@ def test_strided_views_and_nan_beyond_length():
     kbig[:, :, :Lk] = rng.standard_normal((1, 1, Lk, D))
     k = kbig[:, :, :Lk]
     got = _run(np.ascontiguousarray(q), np.ascontiguousarray(k), query_block=32, key_block=32, stride=16,
-               causal=True, views=(q, k))
+               causal=True, views=(q, k), method=method)
     ref = oracle.xattn_scores(q, k, query_block=32, key_block=32, stride=16, causal=True)
     assert not np.isnan(got).any()
     np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-6)
 
 
-def test_gqa_heads_share_kv_head():
+@pytest.mark.parametrize("method", METHODS)
+def test_gqa_heads_share_kv_head(method):
     """Head h reads KV head h // G: query heads that equal each other in different groups differ only via K."""
     rng = np.random.default_rng(6)
     q1 = rng.standard_normal((1, 1, 64, 64)).astype(np.float32)
     q = np.repeat(q1, 4, axis=1)  # 4 identical query heads, G = 2
     k = rng.standard_normal((1, 2, 64, 64)).astype(np.float32)
-    got = _run(q, k, query_block=32, key_block=16, stride=8, causal=True)
+    got = _run(q, k, query_block=32, key_block=16, stride=8, causal=True, method=method)
     np.testing.assert_array_equal(got[:, 0], got[:, 1])
     np.testing.assert_array_equal(got[:, 2], got[:, 3])
     assert not np.allclose(got[:, 0], got[:, 2])
@@ -140,3 +172,46 @@ def test_head_dim_error():
     with pytest.raises(ValueError, match="head dim"):
         psa_estimate_scores(hv(q), hv(q), hv(out), query_block=64, key_block=32, stride=8, causal=True, scale=None,
                             layout="BHSD")
+
+
+def test_method_selection_and_scratch_shapes():
+    """method=None picks single-pass exactly when scratch is given; scratch is requested with the advertised shapes;
+    single-pass without scratch and unknown methods are errors."""
+    from paddlemix_psa.kernels.estimate import estimate_scratch_shapes, psa_estimate_scores
+
+    rng = np.random.default_rng(8)
+    q = rng.standard_normal((1, 2, 150, 64)).astype(np.float32)
+    k = rng.standard_normal((1, 1, 230, 64)).astype(np.float32)
+    args = dict(query_block=64, key_block=32, stride=8, causal=True, scale=None, layout="BHSD")
+    out = np.full((1, 2, 3, 8), np.nan, np.float32)
+    sc = _Scratch()
+    psa_estimate_scores(hv(q), hv(k), hv(out), **args, scratch=sc)
+    want = estimate_scratch_shapes(1, 2, 150, 230, query_block=64, key_block=32, stride=8)
+    assert sorted(sc.calls) == sorted(want.values())
+    assert want["part"][0] == (1, 2, 3 * 8, 8) and want["tmax"][0] == (1, 2, 24, 1)
+    assert estimate_scratch_shapes(1, 2, 150, 230, query_block=64, key_block=32, stride=8,
+                                   block_c=16)["tmax"][0] == (1, 2, 24, 2)
+    ref = oracle.xattn_scores(q, k, query_block=64, key_block=32, stride=8, causal=True)
+    np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-6)
+    out2 = np.full_like(out, np.nan)
+    psa_estimate_scores(hv(q), hv(k), hv(out2), **args)  # no scratch: two-pass, no allocation
+    np.testing.assert_allclose(out2, ref, rtol=1e-3, atol=1e-6)
+    with pytest.raises(ValueError, match="scratch"):
+        psa_estimate_scores(hv(q), hv(k), hv(out), **args, method="single_pass")
+    with pytest.raises(ValueError, match="method"):
+        psa_estimate_scores(hv(q), hv(k), hv(out), **args, method="three_pass")
+    sc2 = _Scratch()
+    psa_estimate_scores(hv(q), hv(k), hv(out2), **args, scratch=sc2, method="two_pass")
+    assert not sc2.calls, "two-pass must not allocate"
+
+
+@pytest.mark.parametrize("D,block_k", [(80, 32), (96, 64), (128, 64)])
+def test_single_pass_block_k_split(D, block_k):
+    """Pass A splitting D into chunks (D padded: 80 -> 128 in chunks of 32, the last one fully masked)."""
+    rng = np.random.default_rng(D)
+    q = rng.standard_normal((1, 2, 130, D)).astype(np.float16)
+    k = rng.standard_normal((1, 1, 200, D)).astype(np.float16)
+    kw = dict(query_block=32, key_block=32, stride=8, causal=True)
+    got = _run(q, k, **kw, method="single_pass", block_k=block_k)
+    ref = oracle.xattn_scores(q, k, **kw)
+    np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-6)

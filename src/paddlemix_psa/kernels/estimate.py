@@ -14,6 +14,17 @@ One program owns ``BLOCK_A`` reshaped queries (whole query blocks) of one (b, h)
 fp32. Pass 1 runs an online max / sum over every visible key tile; pass 2 recomputes the tile, normalises and
 reduces it to block sums with reshapes (no atomics: each output element has exactly one writer). Tiles past the
 causal frontier are written as exact zeros, so upper blocks are 0 and nothing is left uninitialised.
+
+Single-pass method (``method="single_pass"``; needs caller scratch): the strided GEMM runs once.
+
+- Pass A (``_xattn_partial_kernel``): X = Q' K'^T with inner dimension S*D (Q' = q viewed as ``[n_a, S*D]`` with
+  each group of S rows reversed), as a runtime ``tl.range`` over the S chunks of D (software-pipelined with
+  ``num_stages``). For each key tile t and row a it writes the tile max ``tmax[a, t]`` (log2 domain, -inf where the
+  row sees nothing in the tile), the tile sum ``tsum[a, t] = sum_c exp2(x - tmax)`` and, per key block j of the
+  tile, ``part[a, j] = sum_{c in j} exp2(x - tmax)``. A key block lies in exactly one tile (BLOCK_C is a multiple of
+  key_block / S). Upper tiles are never written.
+- Pass B (``_xattn_finalize_kernel``): per row a, ``m = max_t tmax``, ``l = sum_t tsum * exp2(tmax - m)``; then
+  ``A[i, j] = sum_{valid a in block i} part[a, j] * exp2(tmax[a, t(j)] - m) / l``, exact zeros in upper blocks.
 """
 
 from __future__ import annotations
@@ -25,7 +36,7 @@ import triton.language as tl
 
 from ._tensorlike import dtype_name, shape, strides
 
-__all__ = ["psa_estimate_scores"]
+__all__ = ["psa_estimate_scores", "estimate_scratch_shapes"]
 
 _HEAD_DIMS = (64, 80, 96, 128)
 _LAYOUTS = ("BHSD", "BSHD")
@@ -143,6 +154,159 @@ def _xattn_scores_kernel(Q, K, Out,
         tl.store(ptrs, zero, mask=imask[:, None] & (offs_j < nk)[None, :])
 
 
+@triton.jit
+def _xattn_tile_pipelined(q_base, k_base, offs_a, offs_c, Lq, Lk, stride_ql, stride_kl,
+                          HEAD_DIM: tl.constexpr, STRIDE: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_C: tl.constexpr,
+                          BLOCK_K: tl.constexpr, KSPLIT: tl.constexpr, NUM_STAGES: tl.constexpr,
+                          DOT_PRECISION: tl.constexpr):
+    # X tile = Q'[a, :] K'[c, :]^T over the inner dimension S*D: a runtime, software-pipelined loop over the
+    # S * KSPLIT chunks of BLOCK_K columns (KSPLIT * BLOCK_K = D padded to a power of two).
+    acc = tl.zeros([BLOCK_A, BLOCK_C], dtype=tl.float32)
+    q_rows0 = offs_a.to(tl.int64) * STRIDE + (STRIDE - 1)
+    k_rows0 = offs_c.to(tl.int64) * STRIDE
+    for kk in tl.range(0, STRIDE * KSPLIT, num_stages=NUM_STAGES):
+        s = kk // KSPLIT
+        offs_d = (kk % KSPLIT) * BLOCK_K + tl.arange(0, BLOCK_K)
+        dmask = offs_d < HEAD_DIM
+        q_rows = q_rows0 - s
+        k_rows = k_rows0 + s
+        qt = tl.load(q_base + q_rows[:, None] * stride_ql + offs_d[None, :],
+                     mask=(q_rows < Lq)[:, None] & dmask[None, :], other=0.0)  # [BLOCK_A, BLOCK_K]
+        kt = tl.load(k_base + k_rows[:, None] * stride_kl + offs_d[None, :],
+                     mask=(k_rows < Lk)[:, None] & dmask[None, :], other=0.0)  # [BLOCK_C, BLOCK_K]
+        acc = tl.dot(qt, tl.trans(kt), acc, input_precision=DOT_PRECISION)
+    return acc
+
+
+@triton.jit(do_not_specialize=["Lq", "Lk", "nk", "n_a_total", "stride_pb", "stride_ph", "stride_pa",
+                               "stride_tb", "stride_th", "stride_ta"])
+def _xattn_partial_kernel(Q, K, Part, TMax, TSum,
+                          stride_qb, stride_qh, stride_ql,
+                          stride_kb, stride_kh, stride_kl,
+                          stride_pb, stride_ph, stride_pa,
+                          stride_tb, stride_th, stride_ta,
+                          H, G, Lq, Lk, nk, n_a_total, qk_scale,
+                          HEAD_DIM: tl.constexpr, BLOCK_K: tl.constexpr, KSPLIT: tl.constexpr, STRIDE: tl.constexpr,
+                          RK: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_C: tl.constexpr,
+                          CAUSAL: tl.constexpr, NUM_STAGES: tl.constexpr, FLATTEN: tl.constexpr,
+                          DOT_PRECISION: tl.constexpr):
+    # pass A of the single-pass method: one GEMM walk over the visible key tiles, per-tile max / sums to scratch
+    NJ: tl.constexpr = BLOCK_C // RK
+    pid_a = tl.num_programs(0) - 1 - tl.program_id(0)  # heavy (late, causal) query tiles first
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    kvh = h // G
+    off = Lk - Lq
+
+    q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    k_base = K + b.to(tl.int64) * stride_kb + kvh.to(tl.int64) * stride_kh
+    p_base = Part + b.to(tl.int64) * stride_pb + h.to(tl.int64) * stride_ph
+    tm_base = TMax + b.to(tl.int64) * stride_tb + h.to(tl.int64) * stride_th
+    ts_base = TSum + b.to(tl.int64) * stride_tb + h.to(tl.int64) * stride_th
+
+    a0 = pid_a * BLOCK_A
+    offs_a = a0 + tl.arange(0, BLOCK_A)
+    n_a_valid = (Lq + STRIDE - 1) // STRIDE
+    n_c_valid = (Lk + STRIDE - 1) // STRIDE
+    a_valid = offs_a < n_a_valid
+    a_store = offs_a < n_a_total
+    a64 = offs_a.to(tl.int64)
+
+    c_end = n_c_valid
+    if CAUSAL:
+        a_last = tl.minimum(a0 + BLOCK_A, n_a_valid) - 1
+        a_last = tl.maximum(a_last, 0)
+        c_end = tl.minimum((a_last * STRIDE + STRIDE - 1 + off) // STRIDE + 1, n_c_valid)
+    n_ct = (c_end + BLOCK_C - 1) // BLOCK_C
+
+    # FLATTEN fuses the key-tile loop with the inner S-chunk loop, so the pipeline does not drain per key tile
+    for ct in tl.range(0, n_ct, flatten=FLATTEN):
+        offs_c = ct * BLOCK_C + tl.arange(0, BLOCK_C)
+        x = _xattn_tile_pipelined(q_base, k_base, offs_a, offs_c, Lq, Lk, stride_ql, stride_kl,
+                                  HEAD_DIM, STRIDE, BLOCK_A, BLOCK_C, BLOCK_K, KSPLIT, NUM_STAGES, DOT_PRECISION)
+        vis = a_valid[:, None] & (offs_c < n_c_valid)[None, :]
+        if CAUSAL:
+            vis = vis & (offs_c[None, :] * STRIDE <= offs_a[:, None] * STRIDE + STRIDE - 1 + off)
+        x = tl.where(vis, x * qk_scale, float("-inf"))
+        m_t = tl.max(x, 1)  # -inf where the row sees nothing in this tile
+        m_safe = tl.where(m_t == float("-inf"), 0.0, m_t)
+        p = tl.math.exp2(x - m_safe[:, None])  # exactly 0 on invisible lanes
+        if RK > 1:
+            pj = tl.sum(tl.reshape(p, [BLOCK_A, NJ, RK]), axis=2)  # [BLOCK_A, NJ]
+        else:
+            pj = p
+        offs_j = ct * NJ + tl.arange(0, NJ)
+        tl.store(p_base + a64[:, None] * stride_pa + offs_j[None, :], pj,
+                 mask=a_store[:, None] & (offs_j < nk)[None, :])
+        t_off = a64 * stride_ta + ct
+        tl.store(tm_base + t_off, m_t, mask=a_store)
+        tl.store(ts_base + t_off, tl.sum(pj, 1), mask=a_store)
+
+
+@triton.jit(do_not_specialize=["Lq", "Lk", "nk", "stride_pb", "stride_ph", "stride_pa", "stride_tb", "stride_th",
+                               "stride_ta", "stride_ob", "stride_oh", "stride_oi"])
+def _xattn_finalize_kernel(Part, TMax, TSum, Out,
+                           stride_pb, stride_ph, stride_pa,
+                           stride_tb, stride_th, stride_ta,
+                           stride_ob, stride_oh, stride_oi,
+                           H, Lq, Lk, nk,
+                           STRIDE: tl.constexpr, RQ: tl.constexpr, RK: tl.constexpr, RQP: tl.constexpr,
+                           BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_J: tl.constexpr,
+                           CAUSAL: tl.constexpr):
+    # pass B: per row max / normaliser from the tile statistics, then rescaled block sums of one query block
+    NJ: tl.constexpr = BLOCK_C // RK
+    i = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    off = Lk - Lq
+    p_base = Part + b.to(tl.int64) * stride_pb + h.to(tl.int64) * stride_ph
+    tm_base = TMax + b.to(tl.int64) * stride_tb + h.to(tl.int64) * stride_th
+    ts_base = TSum + b.to(tl.int64) * stride_tb + h.to(tl.int64) * stride_th
+    o_base = Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + i.to(tl.int64) * stride_oi
+
+    r = tl.arange(0, RQP)
+    offs_a = i * RQ + r
+    valid = (r < RQ) & (offs_a * STRIDE < Lq)
+    a64 = offs_a.to(tl.int64)
+    n_c_valid = (Lk + STRIDE - 1) // STRIDE
+    if CAUSAL:
+        c_end = tl.minimum((offs_a * STRIDE + STRIDE - 1 + off) // STRIDE + 1, n_c_valid)
+        J = (tl.minimum((i + 1) * (RQ * STRIDE), Lq) - 1 + off) // (RK * STRIDE)  # last valid key block
+    else:
+        c_end = tl.zeros([RQP], tl.int32) + n_c_valid
+        J = nk - 1
+    # tiles t < n_t_row were written by pass A and each holds at least one visible key of the row
+    n_t_row = tl.where(valid, (c_end + BLOCK_C - 1) // BLOCK_C, 0)
+    n_t_blk = tl.max(n_t_row, 0)
+
+    m = tl.full([RQP], float("-inf"), tl.float32)
+    l = tl.zeros([RQP], tl.float32)
+    for t0 in range(0, n_t_blk, BLOCK_T):
+        offs_t = t0 + tl.arange(0, BLOCK_T)
+        msk = offs_t[None, :] < n_t_row[:, None]
+        t_off = a64[:, None] * stride_ta + offs_t[None, :]
+        tm = tl.load(tm_base + t_off, mask=msk, other=float("-inf"))
+        ts = tl.load(ts_base + t_off, mask=msk, other=0.0)
+        m_new = tl.maximum(m, tl.max(tm, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        l = l * tl.math.exp2(m - m_safe) + tl.sum(ts * tl.math.exp2(tm - m_safe[:, None]), 1)
+        m = m_new
+    m_safe = tl.where(valid, m, 0.0)
+    inv_l = tl.where(valid, 1.0 / tl.where(valid, l, 1.0), 0.0)
+
+    for j0 in range(0, nk, BLOCK_J):
+        offs_j = j0 + tl.arange(0, BLOCK_J)
+        t_j = offs_j // NJ
+        msk = (t_j[None, :] < n_t_row[:, None]) & (offs_j <= J)[None, :] & (offs_j < nk)[None, :]
+        pt = tl.load(p_base + a64[:, None] * stride_pa + offs_j[None, :], mask=msk, other=0.0)
+        tm = tl.load(tm_base + a64[:, None] * stride_ta + t_j[None, :], mask=msk, other=float("-inf"))
+        w = tl.math.exp2(tm - m_safe[:, None]) * inv_l[:, None]
+        blk = tl.sum(tl.where(msk, pt * w, 0.0), 0)  # exact 0 in upper blocks
+        tl.store(o_base + offs_j, blk, mask=offs_j < nk)
+
+
 def _bhl_strides(t, layout: str) -> tuple:
     st = strides(t)
     if layout == "BHSD":
@@ -163,10 +327,58 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
+_METHODS = ("two_pass", "single_pass")
+_FIN_BLOCK_T = 32  # tiles per step of pass B's max / normaliser loop
+_FIN_BLOCK_J = 128  # key blocks per step of pass B's block-sum loop
+
+
+# Single-pass defaults (pass A): 128 x 128 output tiles, D in chunks of 64, 4 stages (16-bit) / 3 (fp32), 8 warps.
+# Rationale (static, sm_90 compile): each tile re-reads its Q' and K' rows from L2, so the tile's arithmetic intensity
+# is BA*BC/(BA+BC) FLOP per byte: 43 at 128 x 64 (L2-bound near 230 TFLOP/s), 64 at 128 x 128. 128 x 128 with
+# BLOCK_K 64 uses 32 KB of shared memory per stage and 247 registers without spills; 128 x 256 spills.
+# benchmarks/bench_estimate.py sweeps the alternatives.
+_SP_BLOCK_C = 128
+_SP_BLOCK_K = 64
+
+
+def _default_block_c(RK: int, single: bool = False) -> int:
+    return max(_SP_BLOCK_C if single else 64, RK)
+
+
+def _pick_block_a(n_a_total: int, BH: int, RQ: int, dt: str, whole_blocks: bool) -> int:
+    # largest query tile (better reuse of each K tile) that still launches about one wave of programs on a large
+    # GPU; short chunks against long contexts fall back to small tiles for parallelism
+    lo = max(16, RQ) if whole_blocks else 16
+    cands = [c for c in ((128, 64, 32, 16) if dt != "float32" else (64, 32, 16)) if c >= lo]
+    cands = cands or [lo]
+    return next((c for c in cands if triton.cdiv(n_a_total, c) * BH >= _MIN_PROGRAMS), cands[-1])
+
+
+def estimate_scratch_shapes(B: int, H_q: int, Lq: int, Lk: int, *, query_block: int, key_block: int, stride: int,
+                            block_c: int | None = None) -> dict:
+    """Scratch the single-pass method needs: ``{name: (shape, dtype_name)}`` for ``part``, ``tmax`` and ``tsum``.
+
+    ``part [B, H_q, n_a_total, nk]`` and ``tmax`` / ``tsum [B, H_q, n_a_total, n_ct_max]`` (fp32), with
+    ``n_a_total = nq * query_block / stride`` and ``n_ct_max = ceil(nk * key_block / stride / block_c)``. Pass the
+    same ``block_c`` as to :func:`psa_estimate_scores` (``None``: its default). ``part`` dominates: 4 bytes per
+    (reshaped query, key block), e.g. 235 MB at Lq = Lk = 32k, H_q = 28, 128/32/16.
+    """
+    S = int(stride)
+    nq, nk = -(-int(Lq) // query_block), -(-int(Lk) // key_block)
+    RQ, RK = query_block // S, key_block // S
+    BLOCK_C = int(block_c) if block_c else _default_block_c(RK, single=True)
+    n_a_total = nq * RQ
+    n_ct_max = -(-(nk * RK) // BLOCK_C)
+    return {"part": ((B, H_q, n_a_total, nk), "float32"),
+            "tmax": ((B, H_q, n_a_total, n_ct_max), "float32"),
+            "tsum": ((B, H_q, n_a_total, n_ct_max), "float32")}
+
+
 def psa_estimate_scores(q, k, out, *, query_block: int, key_block: int, stride: int, causal: bool,
                         scale: float | None, layout: str, block_a: int | None = None,
                         block_c: int | None = None, num_warps: int | None = None,
-                        num_stages: int | None = None) -> None:
+                        num_stages: int | None = None, scratch=None, method: str | None = None,
+                        flatten: bool = False, block_k: int | None = None) -> None:
     """XAttention block scores (PSA-SPEC §6.1) into the caller's ``out``.
 
     Args:
@@ -181,12 +393,28 @@ def psa_estimate_scores(q, k, out, *, query_block: int, key_block: int, stride: 
         causal: bottom-right causal visibility (``off = Lk - Lq``, needs ``Lq <= Lk``); else every valid key.
         scale: softmax scale λ (``None`` -> ``1/sqrt(D)``); the logits are ``X * λ / S``.
         layout: ``"BHSD"`` or ``"BSHD"``.
-        block_a, block_c, num_warps, num_stages: tuning overrides (reshaped queries / keys per tile).
+        block_a, block_c, num_warps, num_stages: tuning overrides (reshaped queries / keys per tile; for the
+            single-pass method they apply to its GEMM pass A).
+        flatten: single-pass tuning knob: fuse pass A's key-tile loop with its S-chunk loop (``tl.range(...,
+            flatten=True)``) so the software pipeline does not drain at every key tile.
+        block_k: single-pass tuning knob: columns of D per pipeline step of pass A (a power of two >= 16 dividing
+            D padded to a power of two; ``None``: 64). Smaller chunks cut the shared memory per stage, which makes
+            room for more stages or a wider ``block_c``.
+        scratch: ``alloc(shape, dtype_name)`` returning a new tensor-like on q's device, or ``None``. The
+            single-pass method takes its fp32 scratch from it (sizes: :func:`estimate_scratch_shapes`).
+        method: ``"two_pass"`` (GEMM twice, no scratch), ``"single_pass"`` (GEMM once + a cheap finalize pass;
+            needs ``scratch``) or ``None``: single-pass when ``scratch`` is given, else two-pass.
 
     Lengths are runtime kernel arguments; constexprs are the block sizes, S, D, the causal flag and the tiles.
     """
     if layout not in _LAYOUTS:
         raise ValueError(f"layout must be one of {_LAYOUTS}, got {layout!r}")
+    if method is None:
+        method = "single_pass" if scratch is not None else "two_pass"
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS} or None, got {method!r}")
+    if method == "single_pass" and scratch is None:
+        raise ValueError("method='single_pass' needs scratch=alloc(shape, dtype_name)")
     B, Hq, Lq, D = _bhld_shape(q, layout)
     Bk, Hkv, Lk, Dk = _bhld_shape(k, layout)
     if (Bk, Dk) != (B, D):
@@ -218,29 +446,66 @@ def psa_estimate_scores(q, k, out, *, query_block: int, key_block: int, stride: 
         raise ValueError("q and k need unit stride along D")
 
     RQ, RK = query_block // S, key_block // S
+    if RQ & (RQ - 1) or RK & (RK - 1):
+        raise ValueError(f"query_block/stride={RQ} and key_block/stride={RK} must be powers of two")
     n_a_total = nq * RQ
-    if block_a:
-        BLOCK_A = int(block_a)
-    else:
-        # largest query tile (better reuse of each K tile) that still launches about one wave of programs on a
-        # large GPU; short chunks against long contexts fall back to small tiles for parallelism
-        cands = [c for c in ((128, 64, 32, 16) if qdt != "float32" else (64, 32, 16)) if c >= max(16, RQ)]
-        cands = cands or [max(16, RQ)]
-        BLOCK_A = next((c for c in cands if triton.cdiv(n_a_total, c) * B * Hq >= _MIN_PROGRAMS), cands[-1])
-    BLOCK_C = int(block_c) if block_c else max(64, RK)
-    if BLOCK_A % RQ or BLOCK_C % RK or min(BLOCK_A, BLOCK_C) < 16 or BLOCK_A & (BLOCK_A - 1) \
-            or BLOCK_C & (BLOCK_C - 1):
-        raise ValueError(f"tiles block_a={BLOCK_A}, block_c={BLOCK_C} must be powers of two >= 16 and multiples of "
-                         f"query_block/stride={RQ}, key_block/stride={RK}")
+    single = method == "single_pass"
+    BLOCK_A = int(block_a) if block_a else _pick_block_a(n_a_total, B * Hq, RQ, qdt, whole_blocks=not single)
+    BLOCK_C = int(block_c) if block_c else _default_block_c(RK, single)
+    if BLOCK_C % RK or min(BLOCK_A, BLOCK_C) < 16 or BLOCK_A & (BLOCK_A - 1) or BLOCK_C & (BLOCK_C - 1) \
+            or (not single and BLOCK_A % RQ):
+        raise ValueError(f"tiles block_a={BLOCK_A}, block_c={BLOCK_C} must be powers of two >= 16, block_c a multiple "
+                         f"of key_block/stride={RK}" + ("" if single else f", block_a of query_block/stride={RQ}"))
     lam = (1.0 / math.sqrt(D)) if scale is None else float(scale)
     qk_scale = lam / S * _LOG2E
+    dot_precision = "ieee" if qdt == "float32" else "tf32"
     grid = (triton.cdiv(n_a_total, BLOCK_A), B * Hq)
-    _xattn_scores_kernel[grid](
-        q, k, out,
-        sqb, sqh, sql, skb, skh, skl, so[0], so[1], so[2],
-        Hq, Hq // Hkv, Lq, Lk, nq, nk, qk_scale,
-        HEAD_DIM=D, BLOCK_D=_next_pow2(D), STRIDE=S, RQ=RQ, RK=RK, BLOCK_A=BLOCK_A, BLOCK_C=BLOCK_C,
-        CAUSAL=bool(causal), DOT_PRECISION="ieee" if qdt == "float32" else "tf32",
+    if not single:
+        _xattn_scores_kernel[grid](
+            q, k, out,
+            sqb, sqh, sql, skb, skh, skl, so[0], so[1], so[2],
+            Hq, Hq // Hkv, Lq, Lk, nq, nk, qk_scale,
+            HEAD_DIM=D, BLOCK_D=_next_pow2(D), STRIDE=S, RQ=RQ, RK=RK, BLOCK_A=BLOCK_A, BLOCK_C=BLOCK_C,
+            CAUSAL=bool(causal), DOT_PRECISION=dot_precision,
+            num_warps=num_warps or (8 if BLOCK_A * BLOCK_C >= 128 * 64 else 4),
+            num_stages=num_stages or 2,
+        )
+        return
+
+    shapes = estimate_scratch_shapes(B, Hq, Lq, Lk, query_block=query_block, key_block=key_block, stride=S,
+                                     block_c=BLOCK_C)
+    bufs = {}
+    for name, (shp, dt) in shapes.items():
+        t = scratch(shp, dt)
+        if shape(t) != shp or dtype_name(t) != dt:
+            raise ValueError(f"scratch({shp}, {dt!r}) returned {dtype_name(t)} {shape(t)}")
+        st = strides(t)
+        if st[3] != 1:
+            raise ValueError(f"scratch {name} needs unit stride on its last axis, got strides {st}")
+        bufs[name] = (t, st)
+    part, sp = bufs["part"]
+    tmax, stm = bufs["tmax"]
+    tsum, sts = bufs["tsum"]
+    if sts != stm:
+        raise ValueError(f"scratch tmax and tsum must share strides, got {stm} and {sts}")
+    ns = num_stages or (3 if qdt == "float32" else 4)
+    BLOCK_D = _next_pow2(D)
+    BLOCK_K = int(block_k) if block_k else min(_SP_BLOCK_K, BLOCK_D)
+    if BLOCK_K < 16 or BLOCK_K & (BLOCK_K - 1) or BLOCK_D % BLOCK_K:
+        raise ValueError(f"block_k={BLOCK_K} must be a power of two >= 16 dividing {BLOCK_D}")
+    _xattn_partial_kernel[grid](
+        q, k, part, tmax, tsum,
+        sqb, sqh, sql, skb, skh, skl, sp[0], sp[1], sp[2], stm[0], stm[1], stm[2],
+        Hq, Hq // Hkv, Lq, Lk, nk, n_a_total, qk_scale,
+        HEAD_DIM=D, BLOCK_K=BLOCK_K, KSPLIT=BLOCK_D // BLOCK_K, STRIDE=S, RK=RK, BLOCK_A=BLOCK_A, BLOCK_C=BLOCK_C,
+        CAUSAL=bool(causal), NUM_STAGES=ns, FLATTEN=bool(flatten), DOT_PRECISION=dot_precision,
         num_warps=num_warps or (8 if BLOCK_A * BLOCK_C >= 128 * 64 else 4),
-        num_stages=num_stages or 2,
+        num_stages=ns,
+    )
+    _xattn_finalize_kernel[(nq, B * Hq)](
+        part, tmax, tsum, out,
+        sp[0], sp[1], sp[2], stm[0], stm[1], stm[2], so[0], so[1], so[2],
+        Hq, Lq, Lk, nk,
+        STRIDE=S, RQ=RQ, RK=RK, RQP=max(2, RQ), BLOCK_C=BLOCK_C, BLOCK_T=_FIN_BLOCK_T, BLOCK_J=_FIN_BLOCK_J,
+        CAUSAL=bool(causal), num_warps=4, num_stages=2,
     )

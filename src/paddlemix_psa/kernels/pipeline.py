@@ -69,8 +69,10 @@ def psa_level_map_kernels(q, k, *, alloc, query_block=128, key_block=32, causal=
     G = Hq // Hkv
     nq, nk = -(-Lq // query_block), -(-Lk // key_block)
     scores = alloc((B, Hq, nq, nk), "float32")
+    # single-pass estimator: one strided GEMM + a finalize pass, fp32 scratch from the caller's allocator
+    # (about 8x the size of ``scores`` with the 128/32/16 defaults; sizes: estimate.estimate_scratch_shapes)
     psa_estimate_scores(q, k, scores, query_block=query_block, key_block=key_block, stride=xattn_stride,
-                        causal=causal, scale=scale, layout=layout)
+                        causal=causal, scale=scale, layout=layout, scratch=alloc)
     Hm = Hq
     if gqa_mask == "per_kv_group":
         Hm = Hkv
