@@ -332,17 +332,19 @@ _FIN_BLOCK_T = 32  # tiles per step of pass B's max / normaliser loop
 _FIN_BLOCK_J = 128  # key blocks per step of pass B's block-sum loop
 
 
-# Single-pass defaults (pass A): 128 x 128 output tiles, D in chunks of 64, 4 stages (16-bit) / 3 (fp32), 8 warps.
-# Rationale (static, sm_90 compile): each tile re-reads its Q' and K' rows from L2, so the tile's arithmetic intensity
-# is BA*BC/(BA+BC) FLOP per byte: 43 at 128 x 64 (L2-bound near 230 TFLOP/s), 64 at 128 x 128. 128 x 128 with
-# BLOCK_K 64 uses 32 KB of shared memory per stage and 247 registers without spills; 128 x 256 spills.
-# benchmarks/bench_estimate.py sweeps the alternatives.
-_SP_BLOCK_C = 128
+# Single-pass defaults (pass A): 128 x 256 output tiles, D in chunks of 64, 3 stages (16-bit) / 2 (fp32), 8 warps.
+# Each tile re-reads its Q' and K' rows from L2, so the tile's arithmetic intensity is BA*BC/(BA+BC) FLOP per
+# byte; wider key tiles win although ptxas reports a few spills at 128 x 256. Measured on an H100 (bf16, Qwen
+# shapes, benchmarks/bench_estimate.py sweep, 2026-11-27): 32k 1.17 ms (128 x 128, 5 stages: 1.09; the former
+# default 128 x 128 x 4: 1.30), 128k 13.1 ms (128 x 128: 16.7-17.9). Two-pass: 128 x 128 x 2 stages 2.35 ms at
+# 32k against 3.83 ms with 128 x 64.
+_SP_BLOCK_C = 256
 _SP_BLOCK_K = 64
+_TP_BLOCK_C = 128
 
 
 def _default_block_c(RK: int, single: bool = False) -> int:
-    return max(_SP_BLOCK_C if single else 64, RK)
+    return max(_SP_BLOCK_C if single else _TP_BLOCK_C, RK)
 
 
 def _pick_block_a(n_a_total: int, BH: int, RQ: int, dt: str, whole_blocks: bool) -> int:
@@ -488,7 +490,7 @@ def psa_estimate_scores(q, k, out, *, query_block: int, key_block: int, stride: 
     tsum, sts = bufs["tsum"]
     if sts != stm:
         raise ValueError(f"scratch tmax and tsum must share strides, got {stm} and {sts}")
-    ns = num_stages or (3 if qdt == "float32" else 4)
+    ns = num_stages or (2 if qdt == "float32" else 3)
     BLOCK_D = _next_pow2(D)
     BLOCK_K = int(block_k) if block_k else min(_SP_BLOCK_K, BLOCK_D)
     if BLOCK_K < 16 or BLOCK_K & (BLOCK_K - 1) or BLOCK_D % BLOCK_K:
