@@ -197,3 +197,24 @@ def test_similarity_cap_gpu_vs_oracle(cuda, dtype_name, Lk, key_block, layout):
     # cosines within fp32 rounding of a threshold may flip; allow a tiny fraction, all elsewhere exact
     mism = (got != ref).mean()
     assert mism <= 2e-3, f"{mism:.4%} of caps differ"
+
+
+@pytest.mark.parametrize("L", [16384, 32768])
+def test_estimate_long_methods_agree_with_fp64(cuda, L):
+    """Long prefills (many key tiles): both methods against the fp64 port on random, near-uniform scores."""
+    import torch
+
+    from _xattn_torch import xattn_scores_torch
+
+    g = torch.Generator(device=cuda).manual_seed(L)
+    q = torch.randn((1, 28, L, 128), device=cuda, generator=g).to(torch.bfloat16)
+    k = torch.randn((1, 4, L, 128), device=cuda, generator=g).to(torch.bfloat16)
+    kw = dict(query_block=128, key_block=32, stride=16, causal=True)
+    two = _estimate(q, k, **kw, method="two_pass")
+    one = _estimate(q, k, **kw, method="single_pass")
+    ref = xattn_scores_torch(q[:, :2], k[:, :1], **kw)
+    print(f"L={L}: |two-ref| {float((two[:, :2].double() - ref).abs().max()):.3e}  "
+          f"|one-ref| {float((one[:, :2].double() - ref).abs().max()):.3e}  |one-two| {float((one - two).abs().max()):.3e}")
+    torch.testing.assert_close(two[:, :2].double(), ref, rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(one[:, :2].double(), ref, rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(one, two, rtol=1e-4, atol=1e-6)
