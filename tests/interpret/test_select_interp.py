@@ -297,3 +297,32 @@ def test_lut_of_selected_map_roundtrip():
                 pos += counts[0, h, i, t]
             J = oracle.last_valid_block(i, geom["Lq"], geom["Lk"], 64, 32, True)
             assert pos == (M[0, h, i, :J + 1] > 0).sum()
+
+
+@pytest.mark.parametrize("max_buckets", [1, 2, 16])
+def test_row_width_buckets_give_the_same_maps(max_buckets):
+    """Rows launched at several padded widths (16, 32, 64 here), merged or not, match the oracle exactly."""
+    from paddlemix_psa.kernels.select import _row_buckets, psa_build_lut, psa_select_levels
+
+    Lq = Lk = 1500
+    qb = kb = 32
+    nq, nk = -(-Lq // qb), -(-Lk // kb)
+    assert len(_row_buckets(Lq, Lk, qb, kb, True, nq, nk, 16)) == 3
+    rng = np.random.default_rng(max_buckets)
+    A = (rng.random((1, 2, nq, nk)) ** 3).astype(np.float32)
+    cap = rng.choice([1, 2, 4, 8], size=(1, 1, nk)).astype(np.int8)
+    want, want_counters = oracle.level_map(A, Lq=Lq, Lk=Lk, query_block=qb, key_block=kb, dense_tail_tokens=96,
+                                           sim_cap_levels=cap, gqa_group=2)
+    M = np.full(A.shape, 77, np.int8)
+    counters = np.zeros(6, np.int32)
+    psa_select_levels(hv(A), hv(M), Lq=Lq, Lk=Lk, query_block=qb, key_block=kb, causal=True, mode="energybound",
+                      ends=README, dense_tail_tokens=96, sim_cap=hv(cap), gqa_group=2, counters=hv(counters),
+                      max_buckets=max_buckets)
+    assert (M == want).all()
+    assert dict(zip(COUNTER_KEYS, counters.tolist())) == want_counters
+    lut = np.full(M.shape, -7, np.int32)
+    counts = np.full(M.shape[:3] + (4,), -7, np.int32)
+    psa_build_lut(hv(M), hv(lut), hv(counts), Lq=Lq, Lk=Lk, query_block=qb, key_block=kb, causal=True,
+                  max_buckets=max_buckets)
+    want_lut, want_counts = oracle.build_lut(want, Lq=Lq, Lk=Lk, query_block=qb, key_block=kb)
+    assert (lut == want_lut).all() and (counts == want_counts).all()

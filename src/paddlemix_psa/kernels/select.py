@@ -203,13 +203,26 @@ def ends_from_ratios(mask_ratios: Mapping) -> tuple:
     return tuple(ends)
 
 
-def _row_buckets(Lq: int, Lk: int, query_block: int, key_block: int, causal: bool, nq: int, nk: int):
-    """Contiguous query-block ranges [i0, i1) whose valid block count pads to the same power of two.
+#: Row-width buckets (see _row_buckets). Measured on an H100 (select + index list, Hq=28, causal, 2026-11-27,
+#: benchmarks/bench_select.py), ms for 1 / 2 / 3 / 4 / all buckets: 32k 0.80 / 0.94 / 1.07 / 1.09 / 1.29;
+#: 64k 4.57 / 3.08 / 2.83 / 2.80 / 2.83; 128k 21.8 / 15.7 / 14.2 / 13.9 / 13.9. Rows up to 1024 blocks wide
+#: sort cheaply in one launch; past that, up to four widths pay for their extra launches.
+SINGLE_LAUNCH_MAX_WIDTH = 1024
+MAX_BUCKETS = 4
+
+
+def _row_buckets(Lq: int, Lk: int, query_block: int, key_block: int, causal: bool, nq: int, nk: int,
+                 max_buckets: int | None = None):
+    """Contiguous query-block ranges [i0, i1) launched with one padded row width each (a power of two).
 
     A causal row i has n_i = J_i + 1 valid blocks, growing with i; sorting each row at its own padded width
-    instead of the widest one roughly halves the selection work on long prefills. At most log2(nk) buckets,
-    each a power of two, so new lengths reuse compiled variants.
+    instead of the widest one cuts the selection work on long prefills, but every bucket is one more launch
+    with a partial last wave, so the narrowest buckets are merged upwards until at most `max_buckets` remain
+    (default: one launch up to SINGLE_LAUNCH_MAX_WIDTH blocks per row, MAX_BUCKETS beyond). Widths are powers of two, so new lengths reuse compiled variants.
     """
+    if max_buckets is None:
+        max_buckets = 1 if _nk_pad(nk) <= SINGLE_LAUNCH_MAX_WIDTH else MAX_BUCKETS
+    max_buckets = max(1, int(max_buckets))
     if not causal:
         return [(0, nq, _nk_pad(nk))]
     off = Lk - Lq
@@ -221,6 +234,9 @@ def _row_buckets(Lq: int, Lk: int, query_block: int, key_block: int, causal: boo
             buckets[-1] = (buckets[-1][0], i + 1, width)
         else:
             buckets.append((i, i + 1, width))
+    while len(buckets) > max_buckets:          # widths grow with i: fold the first bucket into the second
+        (i0, _, _), (_, i1, width) = buckets[0], buckets[1]
+        buckets[:2] = [(i0, i1, width)]
     return buckets
 
 
@@ -230,7 +246,8 @@ def _num_warps(nk_pad: int) -> int:
 
 def psa_select_levels(scores, out_map, *, Lq: int, Lk: int, query_block: int, key_block: int, causal: bool,
                       mode: str, ends, dense_tail_tokens: int = 0, prompt_end: int | None = None,
-                      force_sink: bool = True, sim_cap=None, gqa_group: int = 1, counters=None) -> None:
+                      force_sink: bool = True, sim_cap=None, gqa_group: int = 1, counters=None,
+                      max_buckets: int | None = None) -> None:
     """Block levels (PSA-SPEC §7 then §8 F1-F6) from block scores, into the caller's ``out_map``.
 
     Args:
@@ -251,6 +268,8 @@ def psa_select_levels(scores, out_map, *, Lq: int, Lk: int, query_block: int, ke
             ``per_kv_group`` maps (row head ``h`` reads cap head ``h // gqa_group``).
         counters: optional int32 buffer with at least 6 elements, accumulated with atomics (not zeroed here):
             ``COUNTER_NAMES`` = pairs changed by F1, F3, F4, cap demotions, degenerate rows, F6 firings.
+        max_buckets: at most this many launches of equal padded row width (None: measured default, see
+            ``SINGLE_LAUNCH_MAX_WIDTH``).
 
     Sorting is deterministic (descending fp32 score, ties to the smaller j); energy and cumsum are fp32.
     """
@@ -298,7 +317,7 @@ def psa_select_levels(scores, out_map, *, Lq: int, Lk: int, query_block: int, ke
     L_end = Lk if prompt_end is None else int(prompt_end)
     T = int(dense_tail_tokens)
     micro = [int(round(e * 1e6)) for e in ends[:4]]
-    for i0, i1, NK_PAD in _row_buckets(Lq, Lk, query_block, key_block, causal, nq, nk):
+    for i0, i1, NK_PAD in _row_buckets(Lq, Lk, query_block, key_block, causal, nq, nk, max_buckets):
         _select_levels_kernel[(B * Hm * (i1 - i0),)](
             scores, out_map, sim_cap if sim_cap is not None else scores,
             counters if counters is not None else scores,
@@ -312,7 +331,7 @@ def psa_select_levels(scores, out_map, *, Lq: int, Lk: int, query_block: int, ke
 
 
 def psa_build_lut(level_map, lut, counts, *, Lq: int, Lk: int, query_block: int, key_block: int,
-                  causal: bool) -> None:
+                  causal: bool, max_buckets: int | None = None) -> None:
     """Dense level map -> index list (docs/ARCHITECTURE.md), into the caller's ``lut`` and ``counts``.
 
     Args:
@@ -338,7 +357,7 @@ def psa_build_lut(level_map, lut, counts, *, Lq: int, Lk: int, query_block: int,
         raise ValueError("level_map, lut and counts need unit stride on the last axis")
     if causal and Lq > Lk:
         raise ValueError(f"causal masks need Lq <= Lk, got Lq={Lq}, Lk={Lk}")
-    for i0, i1, NK_PAD in _row_buckets(Lq, Lk, query_block, key_block, causal, nq, nk):
+    for i0, i1, NK_PAD in _row_buckets(Lq, Lk, query_block, key_block, causal, nq, nk, max_buckets):
         _build_lut_kernel[(B * Hm * (i1 - i0),)](
             level_map, lut, counts, sm[0], sm[1], sm[2], sl[0], sl[1], sl[2], sc[0], sc[1], sc[2],
             Hm, Lq, Lk, nq, nk, i0, i1 - i0, QUERY_BLOCK=query_block, KEY_BLOCK=key_block, NK_PAD=NK_PAD,
