@@ -203,12 +203,13 @@ def ends_from_ratios(mask_ratios: Mapping) -> tuple:
     return tuple(ends)
 
 
-#: Row-width buckets (see _row_buckets). Measured on an H100 (select + index list, Hq=28, causal, 2026-11-27,
-#: benchmarks/bench_select.py), ms for 1 / 2 / 3 / 4 / all buckets: 32k 0.80 / 0.94 / 1.07 / 1.09 / 1.29;
-#: 64k 4.57 / 3.08 / 2.83 / 2.80 / 2.83; 128k 21.8 / 15.7 / 14.2 / 13.9 / 13.9. Rows up to 1024 blocks wide
-#: sort cheaply in one launch; past that, up to four widths pay for their extra launches.
-SINGLE_LAUNCH_MAX_WIDTH = 1024
-MAX_BUCKETS = 4
+#: Row-width buckets (see _row_buckets): by default every width gets its own launch. Measured on an H100
+#: (2026-11-27): select + index list alone, cold L2 (benchmarks/bench_select.py), ms for at most 1 / 2 / 3 / 4 /
+#: all buckets: 32k 0.80 / 0.94 / 1.07 / 1.09 / 1.29; 64k 4.57 / 3.08 / 2.83 / 2.80 / 2.83; 128k 21.8 / 15.7 /
+#: 14.2 / 13.9 / 13.9. Inside the full pipeline, though (scores still in L2), one launch up to 1024-block rows
+#: made the plan slower: estimate + mask 13.8% of dense at 32k against 11.8% with all buckets, 22.9% against
+#: 15.9% at 16k (benchmarks/RESULTS.md). `max_buckets` stays a tuning knob.
+MAX_BUCKETS = None
 
 
 def _row_buckets(Lq: int, Lk: int, query_block: int, key_block: int, causal: bool, nq: int, nk: int,
@@ -217,12 +218,12 @@ def _row_buckets(Lq: int, Lk: int, query_block: int, key_block: int, causal: boo
 
     A causal row i has n_i = J_i + 1 valid blocks, growing with i; sorting each row at its own padded width
     instead of the widest one cuts the selection work on long prefills, but every bucket is one more launch
-    with a partial last wave, so the narrowest buckets are merged upwards until at most `max_buckets` remain
-    (default: one launch up to SINGLE_LAUNCH_MAX_WIDTH blocks per row, MAX_BUCKETS beyond). Widths are powers of two, so new lengths reuse compiled variants.
+    with a partial last wave, so with `max_buckets` the narrowest buckets are merged upwards until at most
+    that many remain (default MAX_BUCKETS: no merging; see the measurements above it). Widths are powers of
+    two, so new lengths reuse compiled variants.
     """
     if max_buckets is None:
-        max_buckets = 1 if _nk_pad(nk) <= SINGLE_LAUNCH_MAX_WIDTH else MAX_BUCKETS
-    max_buckets = max(1, int(max_buckets))
+        max_buckets = MAX_BUCKETS
     if not causal:
         return [(0, nq, _nk_pad(nk))]
     off = Lk - Lq
@@ -234,7 +235,8 @@ def _row_buckets(Lq: int, Lk: int, query_block: int, key_block: int, causal: boo
             buckets[-1] = (buckets[-1][0], i + 1, width)
         else:
             buckets.append((i, i + 1, width))
-    while len(buckets) > max_buckets:          # widths grow with i: fold the first bucket into the second
+    while max_buckets is not None and len(buckets) > max(1, int(max_buckets)):
+        # widths grow with i: fold the first (narrowest) bucket into the second
         (i0, _, _), (_, i1, width) = buckets[0], buckets[1]
         buckets[:2] = [(i0, i1, width)]
     return buckets
@@ -268,8 +270,7 @@ def psa_select_levels(scores, out_map, *, Lq: int, Lk: int, query_block: int, ke
             ``per_kv_group`` maps (row head ``h`` reads cap head ``h // gqa_group``).
         counters: optional int32 buffer with at least 6 elements, accumulated with atomics (not zeroed here):
             ``COUNTER_NAMES`` = pairs changed by F1, F3, F4, cap demotions, degenerate rows, F6 firings.
-        max_buckets: at most this many launches of equal padded row width (None: measured default, see
-            ``SINGLE_LAUNCH_MAX_WIDTH``).
+        max_buckets: at most this many launches of equal padded row width (None: ``MAX_BUCKETS``).
 
     Sorting is deterministic (descending fp32 score, ties to the smaller j); energy and cumsum are fp32.
     """
