@@ -57,6 +57,13 @@ def _level_map_ref(qh, kh, config: AttentionConfig, causal: bool, prompt_end, ti
     return res
 
 
+def _attention_ref(qh, kh, vh, level_map, config: AttentionConfig, causal: bool, scale, layout: str):
+    """Reference attention on [B, H, L, D] inputs, returned in the caller's `layout`."""
+    out = psa_attention_ref(qh, kh, vh, level_map, query_block=config.query_block, key_block=config.key_block,
+                            causal=causal, scale=scale, gqa_mask=config.gqa_mask)
+    return to_bhsd(out, layout)          # the BHSD <-> BSHD swap is its own inverse
+
+
 def _make_stats(level_map, counters, *, Lq, Lk, config, causal, backend, times) -> PSAStats:
     hist, per_head, n_valid, weighted = level_histogram(level_map, Lq=Lq, Lk=Lk, query_block=config.query_block,
                                                         key_block=config.key_block, causal=causal)
@@ -79,11 +86,10 @@ def build_level_map(q: paddle.Tensor, k: paddle.Tensor, config: Any = None, *, c
     """
     config, causal = _resolve(config, causal)
     check_qkv(q, k, k, layout, causal)
-    qh, kh = to_bhsd(q, layout), to_bhsd(k, layout)
-    backend = dispatch.select_backend(q)
-    if backend == "triton":
+    if dispatch.select_backend(q) == "triton":
         return dispatch.level_map_kernels(q, k, config, causal, prompt_end, layout)[0]
-    return _level_map_ref(qh, kh, config, causal, prompt_end, _Timer(False, False)).level_map
+    return _level_map_ref(to_bhsd(q, layout), to_bhsd(k, layout), config, causal, prompt_end,
+                          _Timer(False, False)).level_map
 
 
 def psa_attention_with_map(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, level_map: paddle.Tensor, *,
@@ -98,14 +104,11 @@ def psa_attention_with_map(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor,
     want_stats = return_stats or REGISTRY.enabled
     backend = dispatch.select_backend(q)
     timer = _Timer(want_stats, not q.place.is_cpu_place())
-    qh, kh, vh = (to_bhsd(t, layout) for t in (q, k, v))
     if backend == "triton":
         out = dispatch.attention_kernels(q, k, v, level_map, config, causal, scale, layout, timer.lap)
     else:
-        out = to_bhsd(psa_attention_ref(qh, kh, vh, level_map, query_block=config.query_block,
-                                        key_block=config.key_block, causal=causal, scale=scale,
-                                        gqa_mask=config.gqa_mask), layout)
-    timer.lap("attention_ms")
+        out = _attention_ref(*(to_bhsd(t, layout) for t in (q, k, v)), level_map, config, causal, scale, layout)
+        timer.lap("attention_ms")
     return _finish(out, level_map, {}, Lq=Lq, Lk=Lk, config=config, causal=causal, backend=backend,
                    times=timer.times, want_stats=want_stats, return_stats=return_stats)
 
@@ -149,9 +152,7 @@ def psa_attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, *, confi
         qh, kh, vh = (to_bhsd(t, layout) for t in (q, k, v))
         res = _level_map_ref(qh, kh, config, causal, prompt_end, timer)
         level_map, counters = res.level_map, res.counters
-        out = to_bhsd(psa_attention_ref(qh, kh, vh, level_map, query_block=config.query_block,
-                                        key_block=config.key_block, causal=causal, scale=scale,
-                                        gqa_mask=config.gqa_mask), layout)
+        out = _attention_ref(qh, kh, vh, level_map, config, causal, scale, layout)
         timer.lap("attention_ms")
     return _finish(out, level_map, counters, Lq=Lq, Lk=Lk, config=config, causal=causal, backend=backend,
                    times=timer.times, want_stats=want_stats, return_stats=return_stats)
