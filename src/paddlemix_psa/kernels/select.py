@@ -149,14 +149,16 @@ def _select_levels_kernel(Scores, Map, Cap, Counters,
 
 
 @triton.jit(do_not_specialize=["Lq", "Lk", "nq", "nk", "I0", "NI", "stride_mb", "stride_mh", "stride_mi",
-                               "stride_lb", "stride_lh", "stride_li", "stride_cb", "stride_ch", "stride_ci"])
-def _build_lut_kernel(Map, Lut, Counts,
+                               "stride_lb", "stride_lh", "stride_li", "stride_cb", "stride_ch", "stride_ci",
+                               "stride_rb", "stride_rh"])
+def _build_lut_kernel(Map, Lut, Counts, Runs,
                       stride_mb, stride_mh, stride_mi,
                       stride_lb, stride_lh, stride_li,
                       stride_cb, stride_ch, stride_ci,
+                      stride_rb, stride_rh,
                       Hm, Lq, Lk, nq, nk, I0, NI,
                       QUERY_BLOCK: tl.constexpr, KEY_BLOCK: tl.constexpr, NK_PAD: tl.constexpr,
-                      CAUSAL: tl.constexpr):
+                      CAUSAL: tl.constexpr, RUN: tl.constexpr):
     # rows are launched in buckets [I0, I0 + NI) of equal padded width NK_PAD (see _row_buckets)
     pid = tl.program_id(0)
     i = I0 + pid % NI
@@ -174,7 +176,29 @@ def _build_lut_kernel(Map, Lut, Counts,
     l_row = Lut + b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + i.to(tl.int64) * stride_li
     c_row = Counts + b.to(tl.int64) * stride_cb + h.to(tl.int64) * stride_ch + i.to(tl.int64) * stride_ci
     base = 0
-    for t in tl.static_range(4):
+    if RUN > 1:
+        # level-1 runs: aligned groups of RUN consecutive level-1 blocks, all complete and visible to the whole
+        # query block (j < jfull, as the attention kernel computes it), go first; the kernel loads each run as
+        # one slab (TMA). The other level-1 blocks follow in ascending j, so the masked ones stay last.
+        if CAUSAL:
+            jfull = (i * QUERY_BLOCK + Lk - Lq + 1) // KEY_BLOCK
+        else:
+            jfull = Lk // KEY_BLOCK
+        one = (valid & (lv == 1)).to(tl.int32)
+        whole = tl.min(tl.reshape(one, [NK_PAD // RUN, RUN]), axis=1)
+        g = tl.arange(0, NK_PAD // RUN)
+        whole = tl.where((g + 1) * RUN <= jfull, whole, 0)
+        in_run = tl.reshape(tl.broadcast_to(whole[:, None], [NK_PAD // RUN, RUN]), [NK_PAD])
+        rest = one - in_run
+        pos = tl.cumsum(in_run, axis=0) - in_run
+        tl.store(l_row + pos, j, mask=in_run > 0)
+        n_run = tl.sum(in_run, axis=0)
+        pos = n_run + tl.cumsum(rest, axis=0) - rest
+        tl.store(l_row + pos, j, mask=rest > 0)
+        tl.store(c_row, n_run + tl.sum(rest, axis=0))
+        tl.store(Runs + b.to(tl.int64) * stride_rb + h.to(tl.int64) * stride_rh + i, n_run // RUN)
+        base = n_run + tl.sum(rest, axis=0)
+    for t in tl.static_range(1 if RUN > 1 else 0, 4):
         f = (valid & (lv == (1 << t))).to(tl.int32)
         pos = base + tl.cumsum(f, axis=0) - f  # exclusive prefix sum
         tl.store(l_row + pos, j, mask=f > 0)
@@ -332,7 +356,7 @@ def psa_select_levels(scores, out_map, *, Lq: int, Lk: int, query_block: int, ke
 
 
 def psa_build_lut(level_map, lut, counts, *, Lq: int, Lk: int, query_block: int, key_block: int,
-                  causal: bool, max_buckets: int | None = None) -> None:
+                  causal: bool, max_buckets: int | None = None, runs=None, run_blocks: int = 1) -> None:
     """Dense level map -> index list (docs/ARCHITECTURE.md), into the caller's ``lut`` and ``counts``.
 
     Args:
@@ -341,6 +365,10 @@ def psa_build_lut(level_map, lut, counts, *, Lq: int, Lk: int, query_block: int,
             inside a group, then zero padding. Upper-triangle blocks (``j > J_i``, causal) are dropped even if
             non-zero; values outside {1, 2, 4, 8} are not kept.
         counts: int32 ``[B, H_m, nq, 4]``: entries of level 1, 2, 4, 8 in the row.
+        runs, run_blocks: with ``runs`` (int32 ``[B, H_m, nq]``) and ``run_blocks`` > 1 (a power of two), the
+            level-1 group starts with the row's *runs*: aligned groups of ``run_blocks`` consecutive level-1
+            blocks that are complete and visible to every row of the query block, ascending; ``runs`` counts them.
+            The other level-1 blocks follow, ascending. The attention kernel loads each run as one slab.
     """
     ms = shape(level_map)
     if len(ms) != 4 or dtype_name(level_map) != "int8":
@@ -358,9 +386,19 @@ def psa_build_lut(level_map, lut, counts, *, Lq: int, Lk: int, query_block: int,
         raise ValueError("level_map, lut and counts need unit stride on the last axis")
     if causal and Lq > Lk:
         raise ValueError(f"causal masks need Lq <= Lk, got Lq={Lq}, Lk={Lk}")
+    run_blocks = int(run_blocks) if runs is not None else 1
+    if run_blocks < 1 or run_blocks & (run_blocks - 1) or run_blocks > 16:
+        raise ValueError(f"run_blocks must be a power of two in [1, 16], got {run_blocks}")
+    if run_blocks > 1:
+        if shape(runs) != (B, Hm, nq) or dtype_name(runs) != "int32" or strides(runs)[2] != 1:
+            raise ValueError(f"runs must be int32 {(B, Hm, nq)} with unit stride on the last axis, got "
+                             f"{dtype_name(runs)} {shape(runs)}")
+        sr = strides(runs)[:2]
+    else:
+        runs, sr = lut, (0, 0)  # unused
     for i0, i1, NK_PAD in _row_buckets(Lq, Lk, query_block, key_block, causal, nq, nk, max_buckets):
         _build_lut_kernel[(B * Hm * (i1 - i0),)](
-            level_map, lut, counts, sm[0], sm[1], sm[2], sl[0], sl[1], sl[2], sc[0], sc[1], sc[2],
-            Hm, Lq, Lk, nq, nk, i0, i1 - i0, QUERY_BLOCK=query_block, KEY_BLOCK=key_block, NK_PAD=NK_PAD,
-            CAUSAL=bool(causal), num_warps=_num_warps(NK_PAD),
+            level_map, lut, counts, runs, sm[0], sm[1], sm[2], sl[0], sl[1], sl[2], sc[0], sc[1], sc[2],
+            sr[0], sr[1], Hm, Lq, Lk, nq, nk, i0, i1 - i0, QUERY_BLOCK=query_block, KEY_BLOCK=key_block,
+            NK_PAD=NK_PAD, CAUSAL=bool(causal), RUN=run_blocks, num_warps=_num_warps(NK_PAD),
         )
