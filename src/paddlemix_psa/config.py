@@ -1,9 +1,10 @@
-"""`AttentionConfig`: every PSA setting in one frozen, validated record (PSA-SPEC.md §7.1, §10)."""
+"""`AttentionConfig`: every PSA setting in one frozen, validated record (docs/ALGORITHM.md §7.1, §10)."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+import types
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +16,7 @@ MASK_MODES = ("energybound", "topk")
 GQA_MASKS = ("per_head", "per_kv_group")
 ESTIMATORS = ("xattn",)
 _SNAP_TOL = 1e-6
+INT32_MAX = 2**31 - 1            # token counts reach the kernels as int32 launch arguments
 
 DEFAULT_MASK_RATIOS = {1: (0.0, 0.6), 2: (0.6, 0.8), 4: (0.8, 0.9), 8: (0.9, 0.9), 0: (0.9, 1.0)}
 PAPER_MASK_RATIOS = {1: (0.0, 0.7), 2: (0.7, 0.8), 4: (0.8, 0.9), 8: (0.9, 0.9), 0: (0.9, 1.0)}
@@ -24,8 +26,9 @@ def _fail(field: str, value: Any, allowed: str) -> ValueError:
     return ValueError(f"AttentionConfig.{field}={value!r} is invalid: {allowed}")
 
 
-def normalize_mask_ratios(ratios: Any) -> dict[int, tuple[float, float]]:
-    """Validate `mask_ratios` (PSA-SPEC §7.1 V1-V4) and return it in canonical order, snapped."""
+def normalize_mask_ratios(ratios: Any) -> Mapping[int, tuple[float, float]]:
+    """Validate `mask_ratios` (docs/ALGORITHM.md §7.1 V1-V4); returns a read-only mapping in canonical order,
+    snapped (read-only so that a frozen config cannot be changed behind its validation)."""
     if not isinstance(ratios, Mapping):
         raise TypeError(f"mask_ratios must be a mapping level -> (start, end), got {type(ratios).__name__}")
     parsed: dict[int, tuple[float, float]] = {}
@@ -65,12 +68,12 @@ def normalize_mask_ratios(ratios: Any) -> dict[int, tuple[float, float]]:
     if abs(prev_end - 1.0) > _SNAP_TOL:
         raise ValueError(f"mask_ratios[{prev_level}] ends at {prev_end:g}: the last present level must end at 1")
     out[prev_level] = (out[prev_level][0], 1.0)
-    return out
+    return types.MappingProxyType(out)
 
 
 @dataclasses.dataclass(frozen=True)
 class AttentionConfig:
-    """PSA settings (PSA-SPEC.md §10). Frozen; an invalid value cannot be constructed.
+    """PSA settings (docs/ALGORITHM.md §10). Frozen (`mask_ratios` too); an invalid value cannot be constructed.
 
     >>> cfg = AttentionConfig(key_block=64)
     >>> cfg.query_block, cfg.key_block, cfg.mask_mode
@@ -93,7 +96,7 @@ class AttentionConfig:
     estimator: str = "xattn"
     causal: bool = True
     scale: float | None = None
-    # Integration policy (HOSTS.md §4): prefills shorter than this run dense attention, counted as "short".
+    # Integration policy (docs/HOSTS.md §4): prefills shorter than this run dense attention, counted as "short".
     min_seq_len: int = 1024
 
     def __post_init__(self) -> None:
@@ -115,8 +118,8 @@ class AttentionConfig:
                         f"{min(self.query_block, self.key_block)}]")
         for name in ("dense_tail_tokens", "min_seq_len"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise _fail(name, value, "must be an int >= 0")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= INT32_MAX:
+                raise _fail(name, value, f"must be an int in [0, {INT32_MAX}] (2**31 - 1)")
         for name in ("force_sink", "sim_cap", "causal"):
             if not isinstance(getattr(self, name), bool):
                 raise _fail(name, getattr(self, name), "must be True or False")
@@ -133,9 +136,19 @@ class AttentionConfig:
                 raise _fail("scale", self.scale, "must be None (1/sqrt(head_dim)) or a finite real > 0")
             set_("scale", float(self.scale))
 
-    # The dict field makes the dataclass unhashable by default; hash the canonical tuple form instead.
+    # The mapping field makes the dataclass unhashable by default; hash the canonical tuple form instead.
     def __hash__(self) -> int:
         return hash(self.fingerprint())
+
+    # A read-only mapping cannot be pickled or deep-copied; the config is immutable, so rebuild it from its dict.
+    def __reduce__(self):
+        return (type(self).from_dict, (self.to_dict(),))
+
+    def __copy__(self) -> "AttentionConfig":
+        return self
+
+    def __deepcopy__(self, memo: dict) -> "AttentionConfig":
+        return self
 
     @property
     def levels_kept(self) -> tuple[int, ...]:
@@ -144,7 +157,7 @@ class AttentionConfig:
                      and self.mask_ratios[lv][1] > self.mask_ratios[lv][0])
 
     def fingerprint(self) -> str:
-        """Short stable identifier of the settings, reported with every statistic (PSA-SPEC §9)."""
+        """Short stable identifier of the settings, reported with every statistic (docs/ALGORITHM.md §9)."""
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     # ---------------------------------------------------------------- presets and (de)serialisation
@@ -160,7 +173,7 @@ class AttentionConfig:
         return cls(**{**presets[name], **overrides})
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["mask_ratios"] = {str(k): list(v) for k, v in self.mask_ratios.items()}
         d["sim_thresholds"] = list(self.sim_thresholds)
         return d

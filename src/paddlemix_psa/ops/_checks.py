@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import math
+import operator
 
+import numpy as np
 import paddle
 
-from ..config import CANONICAL_ORDER, AttentionConfig
+from ..config import CANONICAL_ORDER, INT32_MAX, AttentionConfig
 
 LAYOUTS = ("BHSD", "BSHD")
 HEAD_DIMS = (64, 80, 96, 128)
@@ -71,8 +73,65 @@ def check_scale(scale) -> float | None:
     return float(scale)
 
 
+def check_prompt_end(prompt_end) -> int | None:
+    """`prompt_end` (docs/ALGORITHM.md §8 F1): None (= Lk) or an int key position in [1, 2**31 - 1].
+
+    A value above Lk is allowed: in chunked prefill the prompt may end after the current chunk."""
+    if prompt_end is None:
+        return None
+    try:
+        if isinstance(prompt_end, bool):
+            raise TypeError
+        value = operator.index(prompt_end)
+    except TypeError:
+        raise TypeError(f"prompt_end={prompt_end!r} is invalid: must be None or an int in [1, {INT32_MAX}] "
+                        f"(the absolute key position where the prompt ends)") from None
+    if not 1 <= value <= INT32_MAX:
+        raise ValueError(f"prompt_end={value} is invalid: must be None or an int in [1, {INT32_MAX}] "
+                         f"(the absolute key position where the prompt ends)")
+    return value
+
+
+# Logit magnitude (docs/ALGORITHM.md §11 pitfall 13). The reference computes logits in fp32; it switches to fp64
+# when the Cauchy-Schwarz bound scale*max|q|*max|k| could leave fp32 (margin for the max subtraction and the
+# ln c bias), and rejects inputs whose bound would leave fp64 too. Pooling sums up to 8 values of v, hence 8*|v|.
+FP32_SAFE = float(np.finfo(np.float32).max) / 4
+FP64_SAFE = float(np.finfo(np.float64).max) / 4
+DTYPE_MAX = {"float16": 65504.0, "bfloat16": float(np.finfo(np.float32).max),
+             "float32": float(np.finfo(np.float32).max), "float64": float(np.finfo(np.float64).max)}
+
+
+def _max_row_norm(t: paddle.Tensor) -> float:
+    return float(paddle.linalg.norm(t.astype("float64"), axis=-1).max())
+
+
+def reference_compute_dtype(q, k, v, scale: float) -> str | None:
+    """For the CPU reference: None when fp32 is safe, "float64" when only fp64 keeps the logits finite.
+
+    Reads the tensors (a host sync): call it on the reference path only. Raises when fp64 cannot hold them."""
+    nq, nk = _max_row_norm(q), _max_row_norm(k)
+    vmax = float(v.astype("float64").abs().max())
+    bound = max(scale, 1.0) * nq * nk
+    if bound < FP32_SAFE and 8 * vmax < FP32_SAFE:
+        return None
+    if bound < FP64_SAFE and math.isfinite(8 * vmax):
+        return "float64"
+    raise ValueError(f"q/k magnitudes with scale={scale:g} give logits up to {bound:.3g}, beyond the float64 "
+                     f"limit {FP64_SAFE:.3g}: scale * max|q| * max|k| must stay below it")
+
+
+def check_scale_for_kernels(scale: float, dtype: str, D: int) -> None:
+    """Triton path (fp32 logits), host side only (no device sync): reject a `scale` for which even inputs at
+    their dtype's limit could not give representable logits. float16 is fully covered by this bound; for
+    bfloat16 the bound is scale * max|q| * max|k| < 8.5e37, which only the caller can guarantee."""
+    worst = scale * DTYPE_MAX[dtype] ** 2 * D if dtype == "float16" else scale
+    if worst >= FP32_SAFE:
+        raise ValueError(f"scale={scale:g} is invalid for {dtype} inputs on the Triton path: the fp32 logits "
+                         f"scale * |q| * |k| could reach {worst:.3g}, beyond the limit {FP32_SAFE:.3g}")
+
+
 def check_level_map(level_map, *, B: int, Hq: int, Hkv: int, Lq: int, Lk: int, config: AttentionConfig) -> None:
-    """Pitfall 12: the map's (nq, nk) must match the config's block sizes."""
+    """docs/ALGORITHM.md §11 pitfall 12: the map's (nq, nk) must match the config's block sizes."""
     if not isinstance(level_map, paddle.Tensor):
         raise TypeError(f"level_map must be a paddle.Tensor, got {type(level_map).__name__}")
     if dtype_name(level_map) != "int8":

@@ -1,4 +1,4 @@
-"""XAttention antidiagonal block importance (PSA-SPEC §6.1, §6.2, §6.4), fp32, chunked over query blocks."""
+"""XAttention antidiagonal block importance (docs/ALGORITHM.md §6.1, §6.2, §6.4), fp32, chunked over query blocks."""
 from __future__ import annotations
 
 import math
@@ -12,12 +12,14 @@ _MAX_CHUNK_ELEMS = 1 << 25    # bound on one chunk's fp32 probability tensor (12
 
 
 def xattn_block_scores(q: paddle.Tensor, k: paddle.Tensor, *, query_block: int, key_block: int, stride: int,
-                       causal: bool = True, scale: float | None = None) -> paddle.Tensor:
+                       causal: bool = True, scale: float | None = None,
+                       compute_dtype: str = "float32") -> paddle.Tensor:
     """Block scores A: fp32 [B, H_q, nq, nk] from q [B, H_q, Lq, D] and k [B, H_kv, Lk, D].
 
     X[a, c] = Σ_s ⟨q[a·S + S−1−s], k[c·S + s]⟩ (antidiagonal of each S×S tile), softmax over the visible
     reshaped keys of X·λ/S, summed per (query block, key block). Rows of A sum to the number of valid
-    reshaped queries of the block; upper-triangle blocks are exactly 0.
+    reshaped queries of the block; upper-triangle blocks are exactly 0. `compute_dtype="float64"` is for
+    logits beyond the fp32 range (docs/ALGORITHM.md §11 pitfall 13); the result is fp32 either way.
     """
     B, Hq, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
@@ -26,11 +28,12 @@ def xattn_block_scores(q: paddle.Tensor, k: paddle.Tensor, *, query_block: int, 
     nq, nk = cdiv(Lq, query_block), cdiv(Lk, key_block)
     na_blk, nc_blk = query_block // S, key_block // S
     nc = nk * nc_blk
-    qf, kf = q.astype("float32"), k.astype("float32")
+    cdt = compute_dtype
+    qf, kf = q.astype(cdt), k.astype(cdt)
     if nq * query_block != Lq:
-        qf = paddle.concat([qf, paddle.zeros([B, Hq, nq * query_block - Lq, D], "float32")], axis=2)
+        qf = paddle.concat([qf, paddle.zeros([B, Hq, nq * query_block - Lq, D], cdt)], axis=2)
     if nk * key_block != Lk:
-        kf = paddle.concat([kf, paddle.zeros([B, Hkv, nk * key_block - Lk, D], "float32")], axis=2)
+        kf = paddle.concat([kf, paddle.zeros([B, Hkv, nk * key_block - Lk, D], cdt)], axis=2)
     # Reversing each query group of S rows turns the antidiagonal sum into one dot product of length S·D.
     q_rev = qf.reshape([B, Hq, nq * na_blk, S, D]).flip(axis=3).reshape([B, Hkv, G, nq * na_blk, S * D])
     k_flat = kf.reshape([B, Hkv, 1, nc, S * D])
@@ -45,7 +48,7 @@ def xattn_block_scores(q: paddle.Tensor, k: paddle.Tensor, *, query_block: int, 
         if causal:
             vis = vis & (c[None, :] * S <= a[:, None] * S + S - 1 + off)
         P = masked_softmax(X, vis[None, None, None])
-        P = P * (a * S < Lq).astype("float32")[:, None]                  # reshaped queries with no real row
+        P = P * (a * S < Lq).astype(cdt)[:, None]                        # reshaped queries with no real row
         P = P.reshape([B, Hq, i1 - i0, na_blk, nk, nc_blk]).sum(axis=[3, 5])
-        out.append(P)
+        out.append(P.astype("float32"))
     return paddle.concat(out, axis=2)

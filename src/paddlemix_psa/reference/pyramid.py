@@ -1,4 +1,4 @@
-"""Pyramid K/V (PSA-SPEC §3) and the key-similarity cap (§8 F5), in Paddle."""
+"""Pyramid K/V (docs/ALGORITHM.md §3) and the key-similarity cap (§8 F5), in Paddle."""
 from __future__ import annotations
 
 import math
@@ -34,18 +34,20 @@ def pool_kv(k: paddle.Tensor, v: paddle.Tensor, levels=(2, 4, 8)) -> dict[int, t
     return {p: (pool_tokens(k, p), pool_tokens(v, p)) for p in levels}
 
 
-def similarity_cap(k: paddle.Tensor, key_block: int, thresholds=(0.75, 0.70, 0.70)) -> paddle.Tensor:
+def similarity_cap(k: paddle.Tensor, key_block: int, thresholds=(0.75, 0.70, 0.70),
+                   compute_dtype: str = "float32") -> paddle.Tensor:
     """Per (b, kv head, key block) the finest-allowed cap L_j in {1, 2, 4, 8}: int64 [B, H_kv, nk].
 
     sim_p(j) is the mean cosine of the first and last key of each *complete* aligned group of p keys in
     block j (computed in fp32 on the keys the attention consumes); a block with no complete group has
     sim = -inf. L_j = max(1, 2·[sim2>τ2], 4·[sim4>τ4], 8·[sim8>τ8]) — deliberately not monotone (§8).
+    `compute_dtype="float64"` is for keys whose norms overflow fp32 (docs/ALGORITHM.md §11 pitfall 13).
     """
     B, H, Lk, D = k.shape
     nk = cdiv(Lk, key_block)
-    kf = k.astype("float32")
+    kf = k.astype(compute_dtype)
     if nk * key_block != Lk:   # zero padding; padded positions are excluded below through completeness
-        kf = paddle.concat([kf, paddle.zeros([B, H, nk * key_block - Lk, D], "float32")], axis=2)
+        kf = paddle.concat([kf, paddle.zeros([B, H, nk * key_block - Lk, D], compute_dtype)], axis=2)
     cap = paddle.ones([B, H, nk], dtype="int64")
     for p, tau in zip((2, 4, 8), thresholds):
         groups = kf.reshape([B, H, nk, key_block // p, p, D])
@@ -54,7 +56,7 @@ def similarity_cap(k: paddle.Tensor, key_block: int, thresholds=(0.75, 0.70, 0.7
         nl = paddle.clip(paddle.linalg.norm(last, axis=-1), min=1e-8)
         cos = (first * last).sum(axis=-1) / (nf * nl)                       # [B, H, nk, bk/p]
         g_last = paddle.arange(nk * key_block // p, dtype="int64").reshape([nk, key_block // p]) * p + p - 1
-        complete = (g_last < Lk).astype("float32")[None, None]
+        complete = (g_last < Lk).astype(compute_dtype)[None, None]
         n_complete = complete.sum(axis=-1)
         mean = (cos * complete).sum(axis=-1) / paddle.clip(n_complete, min=1.0)
         sim = paddle.where(n_complete > 0, mean, paddle.full_like(mean, -math.inf))
