@@ -176,7 +176,7 @@ def _build_lut_kernel(Map, Lut, Counts, Runs,
     l_row = Lut + b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + i.to(tl.int64) * stride_li
     c_row = Counts + b.to(tl.int64) * stride_cb + h.to(tl.int64) * stride_ch + i.to(tl.int64) * stride_ci
     base = 0
-    if RUN > 1:
+    if RUN > 0:
         # level-1 runs: aligned groups of RUN consecutive level-1 blocks, all complete and visible to the whole
         # query block (j < jfull, as the attention kernel computes it), go first; the kernel loads each run as
         # one slab (TMA). The other level-1 blocks follow in ascending j, so the masked ones stay last.
@@ -198,7 +198,7 @@ def _build_lut_kernel(Map, Lut, Counts, Runs,
         tl.store(c_row, n_run + tl.sum(rest, axis=0))
         tl.store(Runs + b.to(tl.int64) * stride_rb + h.to(tl.int64) * stride_rh + i, n_run // RUN)
         base = n_run + tl.sum(rest, axis=0)
-    for t in tl.static_range(1 if RUN > 1 else 0, 4):
+    for t in tl.static_range(1 if RUN > 0 else 0, 4):
         f = (valid & (lv == (1 << t))).to(tl.int32)
         pos = base + tl.cumsum(f, axis=0) - f  # exclusive prefix sum
         tl.store(l_row + pos, j, mask=f > 0)
@@ -365,7 +365,7 @@ def psa_build_lut(level_map, lut, counts, *, Lq: int, Lk: int, query_block: int,
             inside a group, then zero padding. Upper-triangle blocks (``j > J_i``, causal) are dropped even if
             non-zero; values outside {1, 2, 4, 8} are not kept.
         counts: int32 ``[B, H_m, nq, 4]``: entries of level 1, 2, 4, 8 in the row.
-        runs, run_blocks: with ``runs`` (int32 ``[B, H_m, nq]``) and ``run_blocks`` > 1 (a power of two), the
+        runs, run_blocks: with ``runs`` (int32 ``[B, H_m, nq]``; ``run_blocks`` a power of two <= 16), the
             level-1 group starts with the row's *runs*: aligned groups of ``run_blocks`` consecutive level-1
             blocks that are complete and visible to every row of the query block, ascending; ``runs`` counts them.
             The other level-1 blocks follow, ascending. The attention kernel loads each run as one slab.
@@ -386,16 +386,16 @@ def psa_build_lut(level_map, lut, counts, *, Lq: int, Lk: int, query_block: int,
         raise ValueError("level_map, lut and counts need unit stride on the last axis")
     if causal and Lq > Lk:
         raise ValueError(f"causal masks need Lq <= Lk, got Lq={Lq}, Lk={Lk}")
-    run_blocks = int(run_blocks) if runs is not None else 1
+    run_blocks = int(run_blocks)
     if run_blocks < 1 or run_blocks & (run_blocks - 1) or run_blocks > 16:
         raise ValueError(f"run_blocks must be a power of two in [1, 16], got {run_blocks}")
-    if run_blocks > 1:
+    if runs is not None:
         if shape(runs) != (B, Hm, nq) or dtype_name(runs) != "int32" or strides(runs)[2] != 1:
             raise ValueError(f"runs must be int32 {(B, Hm, nq)} with unit stride on the last axis, got "
                              f"{dtype_name(runs)} {shape(runs)}")
         sr = strides(runs)[:2]
     else:
-        runs, sr = lut, (0, 0)  # unused
+        runs, sr, run_blocks = lut, (0, 0), 0  # no runs
     for i0, i1, NK_PAD in _row_buckets(Lq, Lk, query_block, key_block, causal, nq, nk, max_buckets):
         _build_lut_kernel[(B * Hm * (i1 - i0),)](
             level_map, lut, counts, runs, sm[0], sm[1], sm[2], sl[0], sl[1], sl[2], sc[0], sc[1], sc[2],
