@@ -72,6 +72,7 @@ def psa_attention_forward(module, query, key, value, attention_mask=None, attn_m
             q_len, head_dim, policy.dtype_name(query), config, padding=padding,
             row_indices=attn_mask_startend_row_indices is not None, dropout=dropout,
             sink=sink is not None, causal=not noncausal_call)
+        decision = policy.launch_decision(decision, query)
         if decision.use_psa:
             out = policy.run_psa(module, query, key, value, config, scale=scaling)   # [b, h, q, d]
             out = out.transpose([0, 2, 1, 3])

@@ -116,8 +116,9 @@ def _make_text_class(M):
             q_len = hidden_states.shape[1]
             k_len = q_len + (past[0].shape[2] if past is not None and past[0] is not None else 0)
             padding = mask is not None and (q_len == 1 or not policy.is_pure_causal_mask(mask, q_len, k_len))
-            return policy.text_decision(q_len, self.head_dim, policy.dtype_name(hidden_states), config,
-                                        padding=padding, dropout=self.attention_dropout if self.training else 0.0)
+            decision = policy.text_decision(q_len, self.head_dim, policy.dtype_name(hidden_states), config,
+                                            padding=padding, dropout=self.attention_dropout if self.training else 0.0)
+            return policy.launch_decision(decision, hidden_states)
 
         def _psa_forward(self, hidden_states, bound, q_len):
             bsz = hidden_states.shape[0]

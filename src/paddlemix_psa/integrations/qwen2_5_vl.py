@@ -13,6 +13,7 @@ reason, process-wide (`paddlemix_psa.stats()`) and per layer (`collect_stats(mod
 | vision window layer | segments of about 64 patches | dense | `vision_window` (yes) |
 | vision full layer | one segment per image / frame | dense (v1) | `vision_dense` (yes) |
 | anything else | dtype, head dim, dropout > 0, sink, non-causal LLM call | dense | `unsupported:<what>` (no) |
+| Triton cannot launch | no libcuda, capability < 8.0, version mismatch, first-launch driver error | dense | `unsupported:triton` (no) |
 
 Head counts always come from the tensors received, never from the config, so tensor parallelism (heads
 sharded over ranks) needs nothing special.
@@ -134,6 +135,17 @@ def text_decision(q_len: int, head_dim: int, dtype: str, config: AttentionConfig
     if q_len < config.min_seq_len:
         return _dense("short", f"prefill of {q_len} < min_seq_len={config.min_seq_len} tokens")
     return PSA
+
+
+def launch_decision(decision: Decision, q) -> Decision:
+    """A PSA decision stays PSA only where the Triton kernels can launch on q's GPU; otherwise the host's
+    dense attention runs, counted as `unsupported:triton` with the cause (never the slow reference unasked)."""
+    if not decision.use_psa:
+        return decision
+    from ..ops.dispatch import triton_cannot_launch
+
+    cause = triton_cannot_launch(q)
+    return decision if cause is None else _dense("unsupported:triton", f"{cause}; the host's dense attention runs")
 
 
 def vision_decision(full_attention: bool | None, seg_len: int, window_tokens: int | None) -> Decision:

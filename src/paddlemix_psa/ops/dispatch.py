@@ -3,6 +3,9 @@
 The Triton path runs for Paddle GPU tensors in fp16/bf16 in dynamic-graph mode. Under TRITON_INTERPRET=1
 it also runs on CPU tensors through host views (how CI exercises the kernels without a GPU). Anything else
 uses the pure-Paddle reference; a GPU call that cannot use the kernels is counted as an unexpected fallback.
+When Triton itself cannot launch on the GPU (`_launch.launch_blocker`: no libcuda, capability < 8.0, a
+Triton/Paddle version mismatch, a driver error at the first launch) a GPU call raises `TritonCannotLaunch`
+instead of running the slow reference unasked.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from .. import _env
 from ..config import LEVELS, AttentionConfig
 from ..statistics import REGISTRY
 from ._checks import dtype_name
-from ._launch import kernel_args, launch_scope
+from ._launch import TritonCannotLaunch, kernel_args, launch_blocker, launch_scope
 
 KERNEL_DTYPES = ("float16", "bfloat16")
 INTERPRET_DTYPES = ("float16", "float32")      # the interpreter computes bf16 wrongly (TRITON-PADDLE §6)
@@ -32,29 +35,48 @@ def _triton_importable() -> bool:
     return True
 
 
-def _kernel_blocker(q: paddle.Tensor) -> str | None:
-    """Why the kernels cannot run on q (None when they can)."""
-    if q.place.is_cpu_place() and not _interpreting():
+def _kernel_blocker(q: paddle.Tensor, device: int | None) -> str | None:
+    """Why the kernels cannot run on q (None when they can); `device`: q's GPU index, None off the GPU."""
+    if device is None and q.place.is_cpu_place() and not _interpreting():
         return "cpu_tensor"
     if not paddle.in_dynamic_mode():
         return "static_graph"
+    dt = dtype_name(q)
+    if device is not None:              # whether Triton itself can launch there is launch_blocker's question
+        return None if dt in KERNEL_DTYPES else f"dtype:{dt}"
     if not _triton_importable():
         return "triton_unavailable"
-    dt = dtype_name(q)
     if q.place.is_cpu_place():
         return None if dt in INTERPRET_DTYPES else f"dtype:{dt}"
-    if not q.place.is_gpu_place():
-        return "device"
-    return None if dt in KERNEL_DTYPES else f"dtype:{dt}"
+    return "device"
+
+
+def gpu_device(q: paddle.Tensor) -> int | None:
+    """The GPU index q lives on, None off the GPU."""
+    return q.place.gpu_device_id() if q.place.is_gpu_place() else None
+
+
+def triton_cannot_launch(q: paddle.Tensor) -> str | None:
+    """Why Triton cannot launch on q's GPU (None when it can, off the GPU, or with the reference chosen)."""
+    device = gpu_device(q)
+    if device is None or _env.backend() == "reference":
+        return None
+    return launch_blocker(q, device)
 
 
 def select_backend(q: paddle.Tensor) -> str:
-    """"triton" or "reference" for this call, honouring PADDLEMIX_PSA_BACKEND (auto | triton | reference)."""
+    """"triton" or "reference" for this call, honouring PADDLEMIX_PSA_BACKEND (auto | triton | reference).
+
+    Raises `TritonCannotLaunch` (one line: the cause and the way out) for a GPU tensor Triton cannot serve."""
     wanted = _env.backend()
     if wanted == "reference":
         return "reference"
-    blocker = _kernel_blocker(q)
+    device = gpu_device(q)
+    blocker = _kernel_blocker(q, device)
     if blocker is None:
+        cause = None if device is None else launch_blocker(q, device)
+        if cause is not None:
+            raise TritonCannotLaunch(cause, device)
         return "triton"
     if wanted == "triton":
         raise RuntimeError(f"{_env.BACKEND}=triton but the Triton kernels cannot run here ({blocker}); "
