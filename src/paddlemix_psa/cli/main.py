@@ -16,10 +16,10 @@ USER_ERRORS = (ValueError, TypeError, FileNotFoundError, PermissionError, OSErro
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paddlemix-psa", description="Pyramid Sparse Attention for PaddlePaddle")
     parser.add_argument("--verbose", action="store_true", help="show INFO logs from paddlemix_psa")
-    sub = parser.add_subparsers(dest="command", metavar="{attention,infer,demo}")
+    sub = parser.add_subparsers(dest="command", metavar="{attention,infer,demo,check}")
     sub.required = True
     attention.add_parser(sub)
-    for name in ("infer", "demo"):
+    for name in ("infer", "demo", "check"):
         try:
             module = __import__(f"paddlemix_psa.cli.{name}", fromlist=["add_parser"])
         except ImportError:          # pragma: no cover - only while a subcommand is not installed

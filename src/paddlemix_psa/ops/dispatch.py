@@ -96,7 +96,7 @@ def backend_reason(backend: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------- Triton path
-def _allocator(like: paddle.Tensor):
+def allocator(like: paddle.Tensor):
     """alloc(shape, dtype_name) for the kernel pipeline: new Paddle tensors on `like`'s device, as launch args."""
     def alloc(shape, dtype):
         t = paddle.empty(list(shape), dtype=dtype)
@@ -106,7 +106,7 @@ def _allocator(like: paddle.Tensor):
     return alloc
 
 
-def _unwrap(x) -> paddle.Tensor:
+def unwrap(x) -> paddle.Tensor:
     return getattr(x, "tensor", x)          # host views keep the Paddle tensor they view
 
 
@@ -130,15 +130,15 @@ def level_map_kernels(q, k, config: AttentionConfig, causal: bool, prompt_end, l
                       on_stage=None):
     """Plan on the device. Returns (level map int8 [B, H_m, nq, nk], forced-rule counters)."""
     from ..kernels.pipeline import psa_level_map_kernels
-    alloc = _allocator(q)
+    alloc = allocator(q)
     counters = alloc((8,), "int32")
-    _unwrap(counters).zero_()
+    unwrap(counters).zero_()
     with launch_scope(q):
         level_map = psa_level_map_kernels(*kernel_args(q, k), alloc=alloc, layout=layout, counters=counters,
                                           on_stage=on_stage or (lambda stage: None),
                                           **_config_kwargs(config, causal, config.scale),
                                           **_plan_kwargs(config, prompt_end))
-    return _unwrap(level_map), _counter_dict(_unwrap(counters))
+    return unwrap(level_map), _counter_dict(unwrap(counters))
 
 
 def attention_kernels(q, k, v, level_map, config: AttentionConfig, causal: bool, scale, layout: str,
@@ -147,21 +147,21 @@ def attention_kernels(q, k, v, level_map, config: AttentionConfig, causal: bool,
     from ..kernels.pipeline import psa_attention_from_map
     present = tuple(p for p in LEVELS[1:] if bool((level_map == p).any()))
     with launch_scope(q):
-        out, _, _ = psa_attention_from_map(*kernel_args(q, k, v, level_map), alloc=_allocator(q), layout=layout,
+        out, _, _ = psa_attention_from_map(*kernel_args(q, k, v, level_map), alloc=allocator(q), layout=layout,
                                            pooled_levels=present, on_stage=on_stage or (lambda stage: None),
                                            **_config_kwargs(config, causal, scale))
-    return _unwrap(out)
+    return unwrap(out)
 
 
 def psa_kernels(q, k, v, config: AttentionConfig, causal: bool, scale, layout: str, prompt_end, on_stage):
     """Plan + run on the device, no host round trip between the stages. Returns (out, level_map, counters)."""
     from ..kernels.pipeline import psa_forward_kernels
-    alloc = _allocator(q)
+    alloc = allocator(q)
     counters = alloc((8,), "int32")
-    _unwrap(counters).zero_()
+    unwrap(counters).zero_()
     with launch_scope(q):
         out, level_map, _, _ = psa_forward_kernels(*kernel_args(q, k, v), alloc=alloc, layout=layout,
                                                    counters=counters, on_stage=on_stage,
                                                    **_config_kwargs(config, causal, scale),
                                                    **_plan_kwargs(config, prompt_end))
-    return _unwrap(out), _unwrap(level_map), _counter_dict(_unwrap(counters))
+    return unwrap(out), unwrap(level_map), _counter_dict(unwrap(counters))
