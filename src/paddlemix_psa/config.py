@@ -71,6 +71,12 @@ def normalize_mask_ratios(ratios: Any) -> Mapping[int, tuple[float, float]]:
     return types.MappingProxyType(out)
 
 
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "paper": dict(query_block=128, key_block=128, mask_ratios=PAPER_MASK_RATIOS, xattn_stride=8),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class AttentionConfig:
     """PSA settings (docs/ALGORITHM.md §10). Frozen (`mask_ratios` too); an invalid value cannot be constructed.
@@ -164,13 +170,9 @@ class AttentionConfig:
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "AttentionConfig":
         """`"default"`: the seed README's settings. `"paper"`: the original Qwen2.5-VL Video-MME setup."""
-        presets = {
-            "default": {},
-            "paper": dict(query_block=128, key_block=128, mask_ratios=dict(PAPER_MASK_RATIOS), xattn_stride=8),
-        }
-        if name not in presets:
-            raise ValueError(f"unknown AttentionConfig preset {name!r}: valid presets are {sorted(presets)}")
-        return cls(**{**presets[name], **overrides})
+        if name not in PRESETS:
+            raise ValueError(f"unknown AttentionConfig preset {name!r}: valid presets are {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -209,6 +211,16 @@ class AttentionConfig:
             return cls.from_dict(value)
         if isinstance(value, str):
             text = value.strip()
-            return cls.from_json(text) if text.startswith("{") else cls.preset(text)
+            if text.startswith("{"):
+                return cls.from_json(text)
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                parsed = text                                  # not JSON: a preset name
+            if not isinstance(parsed, str):
+                kind = {list: "array", bool: "boolean", type(None): "null"}.get(type(parsed), "number")
+                raise ValueError(f"psa_config {text!r} is invalid: must be a JSON object or a preset name "
+                                 f"{sorted(PRESETS)}, got a JSON {kind}")
+            return cls.preset(parsed)
         raise TypeError(f"psa_config must be an AttentionConfig, a dict, a JSON string or a preset name, "
                         f"got {type(value).__name__}")

@@ -27,3 +27,7 @@ def test_demo_runs_offline(tmp_path):
         assert case["dense"]["fallbacks"] == {}
     assert png_size(tmp_path / "levels.png") == (1200, 500)
     assert "plot written to" in out
+    answers = [ln.split(":", 1)[1] for ln in out.splitlines() if "answer:" in ln]
+    assert len(answers) == 4 and all(a.isprintable() and "\ufffd" not in a for a in answers)
+    assert "top-1 agree = share of prompt positions" in out
+    assert out.strip().splitlines()[-1].startswith("verdict: PSA matches dense: logits cosine 0.99")

@@ -1,7 +1,7 @@
 """A tiny random-weight Qwen2.5-VL that runs the whole pipeline offline.
 
 The architecture is the real one (PaddleFormers `Qwen2_5_VLForConditionalGeneration`), shrunk to the sizes of
-`data/tiny_qwen2_5_vl.json` (HOSTS.md §1.6: head_dim 64 so PSA accepts it); the weights are random and the
+`data/tiny_qwen2_5_vl.json` (docs/HOSTS.md §1.6: head_dim 64 so PSA accepts it); the weights are random and the
 tokenizer is a byte-level stand-in built here, so **the generated text is meaningless**. It exists to exercise
 inputs, PSA, statistics and plots without downloading anything.
 """
@@ -72,18 +72,25 @@ class ByteTokenizer:
         return ids
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """Valid UTF-8 decodes as text; any other byte, and control characters, print as `\\xNN` (random
+        weights emit arbitrary bytes, which would otherwise show as U+FFFD or raw NUL characters)."""
         out, buf = [], bytearray()
         for t in ids:
             t = int(t)
             if t < 256:
                 buf.append(t)
                 continue
-            out.append(buf.decode("utf-8", errors="replace"))
+            out.append(_printable(buf))
             buf = bytearray()
             if not skip_special_tokens:
                 out.append(self.id_to_special.get(t, f"<|{t}|>"))
-        out.append(buf.decode("utf-8", errors="replace"))
+        out.append(_printable(buf))
         return "".join(out)
+
+
+def _printable(buf: bytes) -> str:
+    text = buf.decode("utf-8", errors="backslashreplace")
+    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
 
 
 def chat_text(prompt: str, kind: str | None) -> str:
@@ -95,37 +102,31 @@ def chat_text(prompt: str, kind: str | None) -> str:
 
 
 class TinyProcessor:
-    """Turns (prompt, image or video frames) into model inputs, the way Qwen2.5-VL's processor lays them out:
-    one `<|image_pad|>` / `<|video_pad|>` token per merged 2x2 patch group."""
+    """Turns (prompt, image or video frames) into model inputs: the pixels through PaddleFormers' own Qwen2.5-VL
+    image/video processors (`processing.py`), the text laid out as Qwen's processor does, with one
+    `<|image_pad|>` / `<|video_pad|>` token per merged 2x2 patch group."""
 
     def __init__(self, vision_config: dict[str, Any] | None = None) -> None:
         vc = vision_config or tiny_config_dict()["vision_config"]
-        self.patch_size = vc.get("patch_size", 14)
-        self.temporal_patch_size = vc.get("temporal_patch_size", 2)
-        self.merge_size = vc.get("spatial_merge_size", 2)
+        self.sizes = {"patch_size": vc.get("patch_size", 14), "temporal_patch_size": vc.get("temporal_patch_size", 2),
+                      "merge_size": vc.get("spatial_merge_size", 2)}
         self.tokenizer = ByteTokenizer()
 
     def __call__(self, prompt: str, *, image=None, video: media.Video | None = None) -> dict[str, Any]:
         import paddle
 
+        from . import processing
+
         kind = "image" if image is not None else ("video" if video is not None else None)
         text = chat_text(prompt, kind)
         out: dict[str, Any] = {}
         if kind is not None:
-            frames = media.image_to_array(image) if kind == "image" else video.frames
-            pixels, grid = media.to_patches(frames, patch_size=self.patch_size,
-                                            temporal_patch_size=self.temporal_patch_size,
-                                            merge_size=self.merge_size)
-            n_tokens = grid[0] * grid[1] * grid[2] // (self.merge_size ** 2)
+            out = processing.image_inputs(image, **self.sizes) if kind == "image" else \
+                processing.video_inputs(video, **self.sizes)
+            grid = out["image_grid_thw" if kind == "image" else "video_grid_thw"].numpy()[0]
+            n_tokens = int(grid.prod()) // (self.sizes["merge_size"] ** 2)
             pad = "<|image_pad|>" if kind == "image" else "<|video_pad|>"
             text = text.replace(pad, pad * n_tokens, 1)
-            if kind == "image":
-                out["pixel_values"] = paddle.to_tensor(pixels)
-                out["image_grid_thw"] = paddle.to_tensor([grid], dtype="int64")
-            else:
-                out["pixel_values_videos"] = paddle.to_tensor(pixels)
-                out["video_grid_thw"] = paddle.to_tensor([grid], dtype="int64")
-                out["second_per_grid_ts"] = paddle.to_tensor([video.seconds_per_grid], dtype="float32")
         ids = self.tokenizer.encode(text)
         out["input_ids"] = paddle.to_tensor([ids], dtype="int64")
         return out
@@ -140,7 +141,7 @@ def build_tiny_model(seed: int = 0, *, attn_implementation: str = "sdpa"):
     from paddleformers.transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     cfg_dict = tiny_config_dict()
-    for sub in ("text_config", "vision_config"):     # HOSTS.md §1.5: only the sub-config dicts set both halves
+    for sub in ("text_config", "vision_config"):     # docs/HOSTS.md §1.5: only the sub-config dicts set both halves
         cfg_dict[sub] = {**cfg_dict[sub], "_attn_implementation": attn_implementation}
     paddle.seed(seed)
     np.random.seed(seed)

@@ -5,6 +5,9 @@ import argparse
 import json
 import time
 
+from . import exit_codes
+from .infer import add_verbose_argument, check_output_path, guarded, parse_psa_config
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -12,7 +15,8 @@ def add_parser(subparsers) -> None:
         description="Runs PSA (estimate -> levels -> pyramid attention) on synthetic q/k/v built by "
                     "paddlemix_psa.synthetic.structured_qkv (semantic runs, locality, smooth values), then dense "
                     "attention on the same inputs, and prints the level histogram, FLOP-equivalent sparsity, "
-                    "cosine similarity, relative L2 error and times. Offline; runs on CPU or GPU.")
+                    "cosine similarity, relative L2 error and times. Offline; runs on CPU or GPU.",
+        epilog=exit_codes.epilog())
     p.add_argument("--length", type=int, default=4096, help="sequence length L (default 4096)")
     p.add_argument("--heads", type=int, default=8, help="query heads (default 8; Qwen2.5-VL-7B has 28)")
     p.add_argument("--kv-heads", type=int, default=2, help="key/value heads (default 2; Qwen2.5-VL-7B has 4)")
@@ -24,19 +28,24 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default=None, help="paddle device, e.g. cpu or gpu:0 (default: Paddle's current)")
     p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     p.add_argument("--json", dest="json_out", default=None, help="also write the results to this JSON file")
+    add_verbose_argument(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    return guarded(_run, args, "paddlemix-psa attention")
+
+
+def _run(args: argparse.Namespace) -> int:
     import numpy as np
     import paddle
 
-    from ..config import AttentionConfig
     from ..ops.attention import psa_attention
     from ..reference import dense_attention_ref
     from ..synthetic import structured_qkv
 
-    config = AttentionConfig.coerce(args.config)
+    config = parse_psa_config(args.config, tiny=False, option="--config")
+    check_output_path(args.json_out, "--json")
     if args.length < 1:
         raise ValueError(f"--length={args.length} is invalid: must be >= 1")
     if args.device:
@@ -85,4 +94,4 @@ def run(args: argparse.Namespace) -> int:
             json.dump(dict(length=args.length, heads=args.heads, kv_heads=args.kv_heads, head_dim=args.head_dim,
                            dtype=args.dtype, place=place, config=config.to_dict(), stats=stats.to_dict(),
                            cosine=cos, rel_l2=rel, psa_ms=psa_ms, dense_ms=dense_ms), f, indent=2)
-    return 0
+    return exit_codes.OK
