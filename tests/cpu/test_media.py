@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -12,6 +13,9 @@ from hypothesis import strategies as st
 from paddlemix_psa.app import media
 from paddlemix_psa.app.media import MediaError
 from paddlemix_psa.app.samples import make_sample_image, make_sample_video, sample_image_path
+
+IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)    # CLIP normalisation of Qwen2.5-VL's vision tower
+IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @pytest.fixture(scope="module")
@@ -57,17 +61,25 @@ def test_frame_budget_shares_total():
     few = media.frame_pixel_budget(4)
     many = media.frame_pixel_budget(512)
     assert few == media.VIDEO_MAX_PIXELS and many < few
+    for n in (2, 64, 2000, media.max_frames_in_budget()):        # no floor: the total holds for any count
+        assert n * media.frame_pixel_budget(n) / media.FRAME_FACTOR <= media.VIDEO_TOTAL_PIXELS
 
 
 # ----------------------------------------------------------------------------------------- patches
 def test_patch_layout_matches_a_naive_loop(rng):
+    """The offline path's patches (PaddleFormers' processor) in the order the patch merger expects."""
+    pytest.importorskip("paddleformers")
+    from paddlemix_psa.app import processing
+
     T, H, W, p, tp, m = 3, 56, 84, 14, 2, 2
     frames = rng.integers(0, 256, size=(T, H, W, 3), dtype=np.uint8)
-    pv, grid = media.to_patches(frames, patch_size=p, temporal_patch_size=tp, merge_size=m, mean=(0, 0, 0),
-                                std=(1, 1, 1))
-    t, h, w = grid
+    video = media.Video(frames=frames, timestamps=[0.0, 0.5, 1.0], sample_fps=2.0, source_fps=None, duration=1.5,
+                        source_size=(W, H))
+    out = processing.video_inputs(video, patch_size=p, temporal_patch_size=tp, merge_size=m)
+    pv, (t, h, w) = out["pixel_values_videos"].numpy(), out["video_grid_thw"].numpy()[0].tolist()
     assert (t, h, w) == (2, 4, 6) and pv.shape == (t * h * w, 3 * tp * p * p)
-    x = frames.astype(np.float32) / 255.0
+    mean, std = np.asarray(IMAGE_MEAN, np.float32), np.asarray(IMAGE_STD, np.float32)
+    x = (frames.astype(np.float32) / 255.0 - mean) / std
     x = np.concatenate([x, x[-1:]], axis=0)              # odd T: the last frame is repeated
     row = 0
     for ti in range(t):
@@ -78,13 +90,8 @@ def test_patch_layout_matches_a_naive_loop(rng):
                         y0, x0 = (bh * m + i) * p, (bw * m + j) * p
                         block = x[ti * tp:(ti + 1) * tp, y0:y0 + p, x0:x0 + p, :]     # [tp, p, p, C]
                         expect = block.transpose(3, 0, 1, 2).reshape(-1)               # C, t, row, col
-                        np.testing.assert_array_equal(pv[row], expect)
+                        np.testing.assert_allclose(pv[row], expect, atol=1e-5)
                         row += 1
-
-
-def test_patches_reject_unaligned_frames():
-    with pytest.raises(MediaError, match="multiple of 28"):
-        media.to_patches(np.zeros((1, 30, 56, 3), np.uint8))
 
 
 # ----------------------------------------------------------------------------------------- images
@@ -160,7 +167,7 @@ def test_url_download_cache_and_errors(tmp_path, clip):
     with serve_directory(root) as base:
         img = media.load_image(f"{base}/pic.png", quiet=True)
         assert img.size == (112, 84)
-        cached = list((tmp_path / "cache" / "media").iterdir())
+        cached = [p for p in (tmp_path / "cache" / "media").iterdir() if not p.name.startswith(".")]
         assert len(cached) == 1 and cached[0].name.endswith("pic.png")
         v = media.load_video(f"{base}/clip.mp4", fps=2.0, quiet=True)
         assert v.frames.shape[0] == 8
@@ -223,7 +230,8 @@ def _toy_host_processor():
 
 
 def test_host_processor_matches_our_patches(clip):
-    """The real-weights path feeds the host's processor; its patches must equal ours (media.to_patches)."""
+    """The real-weights path (the host's whole Qwen2_5_VLProcessor) and the offline path (its image/video
+    processors, app/processing.py) give the same inputs and the same number of vision tokens."""
     from paddlemix_psa.app.inference import _HostProcessor
     from paddlemix_psa.app.tiny import TinyProcessor
 
@@ -240,3 +248,109 @@ def test_host_processor_matches_our_patches(clip):
     n_pad = int((a["input_ids"].numpy() == 6).sum())           # <|video_pad|> id in the toy vocabulary
     t, h, w = b["video_grid_thw"].numpy()[0]
     assert n_pad == t * h * w // 4
+
+
+# ----------------------------------------------------------------------------------------- big images
+def _png_header_only(path, width, height):
+    """A PNG that declares width x height and holds no pixels: enough for Pillow to read its size."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_decompression_bomb_is_a_one_line_error(tmp_path):
+    path = _png_header_only(tmp_path / "bomb.png", 20000, 20000)
+    with pytest.raises(MediaError, match=r"too large to decode: .*400 MP, above the 179 MP limit") as info:
+        media.load_image(path)
+    assert "\n" not in str(info.value)
+
+
+def test_big_jpeg_is_decoded_at_reduced_scale(tmp_path, monkeypatch):
+    from PIL import Image, JpegImagePlugin
+
+    Image.fromarray(np.full((1680, 2240, 3), 120, np.uint8)).save(tmp_path / "big.jpg")
+    decoded = []
+    load = JpegImagePlugin.JpegImageFile.load
+
+    def spy(self):
+        decoded.append(self.size)
+        return load(self)
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "load", spy)
+    img = media.load_image(tmp_path / "big.jpg", max_pixels=80 * 28 * 28)
+    assert img.size[0] * img.size[1] <= 80 * 28 * 28 and img.mode == "RGB"
+    assert decoded and decoded[0][0] * decoded[0][1] <= 2240 * 1680 // 16      # DCT-scaled while decoding
+
+
+def test_big_png_is_reduced_before_resampling(tmp_path, monkeypatch):
+    from PIL import Image
+
+    Image.fromarray(np.full((1500, 2000, 3), 200, np.uint8)).save(tmp_path / "big.png")
+    factors = []
+    reduce = Image.Image.reduce
+    monkeypatch.setattr(Image.Image, "reduce", lambda self, f, *a, **k: factors.append(f) or reduce(self, f, *a, **k))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                               # no DecompressionBombWarning either
+        img = media.load_image(tmp_path / "big.png", max_pixels=100 * 28 * 28)
+    assert factors and factors[0] >= 2 and img.size[0] * img.size[1] <= 100 * 28 * 28
+
+
+# ----------------------------------------------------------------------------------------- video sampling
+def test_image_given_as_video_is_rejected(tmp_path):
+    path = make_sample_image(tmp_path / "still.png", 112, 84)
+    with pytest.raises(MediaError, match="is a still image .*not a video: use --type image"):
+        media.load_video(path, quiet=True)
+
+
+def test_video_without_duration_is_sampled_while_decoding(tmp_path):
+    """A raw MPEG-4 stream (no duration in the container) of 600 frames: memory stays bounded by max_frames."""
+    import tracemalloc
+
+    import av
+
+    path = tmp_path / "raw.m4v"
+    with av.open(str(path), mode="w", format="m4v") as out:
+        st = out.add_stream("mpeg4", rate=24)
+        st.width, st.height, st.pix_fmt = 112, 84, "yuv420p"
+        for i in range(600):
+            frame = av.VideoFrame.from_ndarray(np.full((84, 112, 3), i % 256, np.uint8), format="rgb24")
+            for packet in st.encode(frame):
+                out.mux(packet)
+        for packet in st.encode():
+            out.mux(packet)
+    tracemalloc.start()
+    try:
+        v = media.load_video(path, fps=2.0, max_frames=4, quiet=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    one_frame = 112 * 84 * 3
+    assert v.frames_decoded == 600 and v.frames.shape[0] == 4
+    assert peak < 40 * one_frame, f"peak {peak / one_frame:.0f} frames held"     # all 600 would be 600 frames
+    assert v.duration == pytest.approx(25.0, abs=0.2) and "no duration in the container" in v.sampling
+    assert np.all(np.diff(v.timestamps) > 3.0)                                  # spread over the whole clip
+
+
+def test_frame_report_explains_the_count(tmp_path):
+    clip3 = make_sample_video(tmp_path / "three.mp4", seconds=3.0, fps=8, width=112, height=84)
+    v = media.load_video(clip3, fps=1.0, quiet=True)
+    assert v.frames.shape[0] == 2 and v.sample_fps == pytest.approx(2 / 3, abs=0.02)
+    assert "1 fps x 3.00 s = 3.0 frames" in v.sampling and "rounded down to a multiple of 2" in v.sampling
+    fast = media.load_video(clip3, fps=30.0, quiet=True)
+    assert fast.frames.shape[0] == 24 and "capped at the 24 frames in the stream" in fast.sampling
+
+
+def test_many_frames_keep_the_total_pixel_budget(clip):
+    total = 64 * 28 * 28                                  # 64 tokens for the whole clip: 32 frames of 4 tokens
+    v = media.load_video(clip, fps=8.0, max_frames=2000, total_pixels=total, quiet=True)
+    t, h, w = v.frames.shape[:3]
+    assert t == 32 and t * h * w / 2 <= total and "downscaled so that 32 frames stay within" in v.sizing
+    from paddlemix_psa.cli.infer import describe_media
+
+    assert "downscaled" in describe_media(v.info(), "video")
+    with pytest.raises(MediaError, match="do not fit the total pixel budget"):
+        media.load_video(clip, fps=8.0, max_frames=2000, total_pixels=total // 2, quiet=True)

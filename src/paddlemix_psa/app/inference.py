@@ -305,10 +305,7 @@ class QwenVLInference:
         """Answer `prompt` about one video (path, URL, or a `media.Video` from `load_video`), sampled at `fps`
         frames per second (at most `max_frames`)."""
         video = self.load_video(path_or_url, fps=fps, max_frames=max_frames)
-        t, h, w = video.frames.shape[:3]
-        info = {"frames": t, "size": [w, h], "timestamps": [round(x, 3) for x in video.timestamps],
-                "sample_fps": video.sample_fps, "duration_s": video.duration, "source_fps": video.source_fps,
-                "tokens": (t + 1) // 2 * h * w // (media.FACTOR ** 2)}
+        info = video.info()
         inputs = self.processor(prompt, video=video)
         return self._run(inputs, "video", _source_name(path_or_url), info, max_new_tokens)
 

@@ -1,44 +1,40 @@
 """Media inputs for the user tool: local paths or http(s) URLs, images (Pillow) and videos (PyAV).
 
 Everything that can go wrong with an input raises `MediaError` with a one-line message; the CLI prints that
-line and exits non-zero. Pixel budgets follow Qwen2.5-VL's rules (both sides multiples of
-`patch_size * merge_size` = 28, area clamped to [min_pixels, max_pixels], aspect ratio kept as well as the
-rounding allows); the arithmetic is implemented here from that description.
+line and exits 3. URLs go through `download` (complete files or nothing in the cache). Pixel budgets follow
+Qwen2.5-VL's rules (both sides multiples of `patch_size * merge_size` = 28, area clamped to
+[min_pixels, max_pixels], aspect ratio kept as well as the rounding allows); images are reduced while they are
+decoded where Pillow can, and video frames are sampled while they are decoded, so memory stays bounded.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import os
-import urllib.error
+import re
 import urllib.parse
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .download import READ_TIMEOUT_S, default_cache_dir, download
+from .errors import DownloadError, MediaError
+
 FACTOR = 28                      # patch_size (14) x spatial_merge_size (2): one LLM token per 28x28 pixels
 MIN_PIXELS = 4 * FACTOR * FACTOR          # 2x2 LLM tokens at least
 MAX_PIXELS = 16384 * FACTOR * FACTOR      # Qwen2.5-VL's image ceiling (~12.8 MP)
 VIDEO_MAX_PIXELS = 768 * FACTOR * FACTOR  # per frame; keeps long videos within a prompt budget
-VIDEO_TOTAL_PIXELS = 24576 * FACTOR * FACTOR  # all sampled frames together (before the 2-frame temporal merge)
+VIDEO_TOTAL_PIXELS = 24576 * FACTOR * FACTOR  # all frames, counted per temporal patch (2 frames merge into one)
 MAX_ASPECT_RATIO = 200
 FRAME_FACTOR = 2                 # temporal_patch_size: the number of sampled frames is rounded to a multiple
 DEFAULT_MAX_FRAMES = 64
-DOWNLOAD_TIMEOUT_S = 30.0
+DOWNLOAD_TIMEOUT_S = READ_TIMEOUT_S
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".gif"}
-
-# CLIP normalisation used by Qwen2.5-VL's vision tower.
-IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
-IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-class MediaError(ValueError):
-    """An input could not be used; `str()` is a one-line message for the user."""
 
 
 # ---------------------------------------------------------------------------------------------- sizes
@@ -83,27 +79,18 @@ def smart_resize(height: int, width: int, *, factor: int = FACTOR, min_pixels: i
     return h, w
 
 
-def frame_pixel_budget(n_frames: int, *, max_pixels: int = VIDEO_MAX_PIXELS,
-                       total_pixels: int = VIDEO_TOTAL_PIXELS, min_pixels: int = 128 * FACTOR * FACTOR) -> int:
-    """Per-frame pixel ceiling for a video of `n_frames` sampled frames: the total budget shared, capped."""
-    share = total_pixels / max(n_frames, 1) * FRAME_FACTOR
-    return int(max(min(max_pixels, share), min(min_pixels, max_pixels)))
-
-
 # ---------------------------------------------------------------------------------------------- sources
-def default_cache_dir() -> Path:
-    root = os.environ.get("PADDLEMIX_PSA_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "paddlemix_psa")
-    return Path(root) / "media"
-
-
 def is_url(s: str) -> bool:
     return "://" in s and urllib.parse.urlsplit(s).scheme.lower() in ("http", "https")
 
 
 def resolve_input(path_or_url: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
-                  quiet: bool = False, timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
-    """A local file for `path_or_url`; http(s) URLs are downloaded (with a progress bar) into a cache."""
+                  quiet: bool = False, timeout: float = DOWNLOAD_TIMEOUT_S, kind: str | None = None,
+                  max_download_bytes: int | None = None) -> Path:
+    """A local file for `path_or_url`; http(s) URLs are downloaded (with a progress bar) into a cache.
+
+    `kind` ("image" | "video") picks the download size cap and content-type check (`download.download`).
+    """
     s = os.fspath(path_or_url)
     if not s:
         raise MediaError("empty input path")
@@ -114,7 +101,8 @@ def resolve_input(path_or_url: str | os.PathLike, *, cache_dir: str | os.PathLik
         elif scheme not in ("http", "https"):
             raise MediaError(f"unsupported URL scheme {scheme!r} in {s!r}: use a local path or http(s)")
         else:
-            return download(s, cache_dir=cache_dir, quiet=quiet, timeout=timeout)
+            return download(s, cache_dir=cache_dir, quiet=quiet, timeout=timeout, kind=kind,
+                            max_bytes=max_download_bytes)
     p = Path(s).expanduser()
     if not p.exists():
         raise MediaError(f"input not found: {s}")
@@ -125,69 +113,60 @@ def resolve_input(path_or_url: str | os.PathLike, *, cache_dir: str | os.PathLik
     return p
 
 
-def download(url: str, *, cache_dir: str | os.PathLike | None = None, quiet: bool = False,
-             timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
-    """Download `url` once into `cache_dir` (default `~/.cache/paddlemix_psa/media`) and return the file."""
-    from tqdm.auto import tqdm
-
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    name = os.path.basename(urllib.parse.urlsplit(url).path) or "download"
-    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[-80:]
-    target = cache / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{name}"
-    if target.exists() and target.stat().st_size > 0:
-        return target
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise MediaError(f"cannot create cache directory {cache}: {e.strerror or e}") from None
-    part = target.with_name(target.name + f".part{os.getpid()}")
-    req = urllib.request.Request(url, headers={"User-Agent": "paddlemix-psa"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp, open(part, "wb") as fh:
-            total = resp.headers.get("Content-Length")
-            with tqdm(total=int(total) if total and total.isdigit() else None, unit="B", unit_scale=True,
-                      desc=f"download {name}", disable=quiet, leave=False) as bar:
-                while True:
-                    chunk = resp.read(1 << 16)
-                    if not chunk:
-                        break
-                    fh.write(chunk)
-                    bar.update(len(chunk))
-        if part.stat().st_size == 0:
-            raise MediaError(f"download is empty (0 bytes): {url}")
-        os.replace(part, target)
-    except urllib.error.HTTPError as e:
-        raise MediaError(f"download failed: HTTP {e.code} {e.reason} for {url}") from None
-    except urllib.error.URLError as e:
-        raise MediaError(f"download failed: {e.reason} for {url}") from None
-    except (TimeoutError, OSError) as e:
-        raise MediaError(f"download failed: {e.strerror or e} for {url}") from None
-    finally:
-        if part.exists():
-            part.unlink()
-    return target
-
-
 # ---------------------------------------------------------------------------------------------- images
+def decode_pixel_limit() -> int | None:
+    """The largest image (in pixels) that is decoded at all: Pillow's DecompressionBombError threshold."""
+    from PIL import Image
+
+    return 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else None
+
+
 def load_image(path_or_url: str | os.PathLike, *, max_pixels: int | None = None, min_pixels: int = MIN_PIXELS,
-               cache_dir: str | os.PathLike | None = None, quiet: bool = False):
-    """RGB `PIL.Image` resized to the Qwen2.5-VL grid within the pixel budget."""
+               cache_dir: str | os.PathLike | None = None, quiet: bool = False,
+               max_download_bytes: int | None = None):
+    """RGB `PIL.Image` resized to the Qwen2.5-VL grid within the pixel budget.
+
+    Images above `decode_pixel_limit()` are refused from their header; below it, a JPEG is decoded at a reduced
+    scale (`draft`) and other formats are box-reduced by an integer factor before the final resample.
+    """
     from PIL import Image, UnidentifiedImageError
 
-    path = resolve_input(path_or_url, cache_dir=cache_dir, quiet=quiet)
+    path = resolve_input(path_or_url, cache_dir=cache_dir, quiet=quiet, kind="image",
+                         max_download_bytes=max_download_bytes)
     try:
-        with Image.open(path) as im:
-            im.load()
-            img = im.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # handled: reduced while decoding
+            with Image.open(path) as im:
+                h, w = smart_resize(im.height, im.width, min_pixels=min_pixels, max_pixels=max_pixels or MAX_PIXELS)
+                return _decode_reduced(im, w, h)
+    except Image.DecompressionBombError as e:
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(found.group(1)) / 1e6:.0f} MP, " if found else ""
+        limit = decode_pixel_limit() or 0
+        raise MediaError(f"image too large to decode: {path_or_url} is {size}above the {limit / 1e6:.0f} MP limit "
+                         f"(2 x PIL.Image.MAX_IMAGE_PIXELS; a decompression bomb?)") from None
     except UnidentifiedImageError:
         raise MediaError(f"not a readable image (unsupported or corrupt): {path_or_url}") from None
     except (OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, MediaError):
+            raise
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise MediaError(f"not a readable image (corrupt or truncated): {path_or_url} ({detail})") from None
-    h, w = smart_resize(img.height, img.width, min_pixels=min_pixels, max_pixels=max_pixels or MAX_PIXELS)
-    if (h, w) != (img.height, img.width):
-        img = img.resize((w, h), Image.BICUBIC)
-    return img
+
+
+def _decode_reduced(im, width: int, height: int):
+    """Decode `im` (opened, not loaded) into an RGB image of exactly (width, height), reducing early."""
+    from PIL import Image
+
+    if im.format == "JPEG":
+        im.draft("RGB", (width, height))       # DCT scaling: decodes at 1/2..1/8 size, never below the target
+    im.load()
+    img = im if im.mode in ("RGB", "RGBA", "L", "LA") else im.convert("RGB")
+    factor = min(img.width // width, img.height // height) // 2   # keep >= 2x the target for the resample
+    if factor >= 2:
+        img = img.reduce(factor)
+    img = img.convert("RGB")
+    return img if img.size == (width, height) else img.resize((width, height), Image.BICUBIC)
 
 
 # ---------------------------------------------------------------------------------------------- videos
@@ -197,8 +176,19 @@ class Video:
     timestamps: list[float]       # seconds, one per sampled frame
     sample_fps: float             # frames per second actually sampled
     source_fps: float | None
-    duration: float | None        # seconds, when the container knows it
+    duration: float | None        # seconds: the container's, or measured by decoding when it has none
     source_size: tuple[int, int]  # (width, height) of the decoded stream
+    frames_decoded: int = 0       # frames read from the stream (sampling kept at most 2 x max_frames of them)
+    sampling: str = ""            # how the frame count was chosen, for the user
+    sizing: str = ""              # how the frame size was chosen, for the user
+
+    def info(self) -> dict[str, Any]:
+        """What was sampled, as JSON-able data (the CLI prints it; `--stats-out` stores it)."""
+        t, h, w = self.frames.shape[:3]
+        return {"frames": t, "size": [w, h], "timestamps": [round(x, 3) for x in self.timestamps],
+                "sample_fps": self.sample_fps, "duration_s": self.duration, "source_fps": self.source_fps,
+                "tokens": (t + 1) // FRAME_FACTOR * h * w // FACTOR ** 2, "frames_decoded": self.frames_decoded,
+                "sampling": self.sampling, "sizing": self.sizing}
 
     @property
     def seconds_per_grid(self) -> float:
@@ -206,36 +196,109 @@ class Video:
         return FRAME_FACTOR / self.sample_fps if self.sample_fps > 0 else float(FRAME_FACTOR)
 
 
-def _sample_times(duration: float, fps: float, max_frames: int) -> list[float]:
-    n = int(round(duration * fps))
-    n = max(FRAME_FACTOR, min(n, max_frames))
-    n -= n % FRAME_FACTOR
-    n = max(n, FRAME_FACTOR)
-    step = duration / n
-    return [step * (i + 0.5) for i in range(n)]
+def max_frames_in_budget(total_pixels: int = VIDEO_TOTAL_PIXELS) -> int:
+    """The most frames the total pixel budget holds at the smallest frame size (MIN_PIXELS each)."""
+    return total_pixels * FRAME_FACTOR // MIN_PIXELS
+
+
+def plan_frame_count(duration: float, fps: float, max_frames: int, source_frames: int | None) -> tuple[int, str]:
+    """(frames to sample, the reason in words): `fps` over `duration`, within the stream and `max_frames`,
+    then Qwen2.5-VL's rule that the count is a multiple of 2 (two frames merge into one temporal patch)."""
+    wanted = duration * fps
+    n, why = int(round(wanted)), []
+    if source_frames and n > source_frames:
+        n = source_frames
+        why.append(f"capped at the {source_frames} frames in the stream")
+    if n > max_frames:
+        n = max_frames
+        why.append(f"capped at max_frames={max_frames}")
+    if n < FRAME_FACTOR:
+        n = FRAME_FACTOR
+        why.append(f"raised to the minimum of {FRAME_FACTOR} (one temporal patch)")
+    if n % FRAME_FACTOR:
+        n -= n % FRAME_FACTOR
+        why.append(f"rounded down to a multiple of {FRAME_FACTOR} (Qwen2.5-VL merges {FRAME_FACTOR} frames "
+                   f"per temporal patch)")
+    text = f"{fps:g} fps x {duration:.2f} s = {wanted:.1f} frames" + ("; " + "; ".join(why) if why else "")
+    return n, text + f" -> {n} frames, one every {duration / n:.2f} s ({n / duration:.2f} fps)"
+
+
+def frame_pixel_budget(n_frames: int, *, max_pixels: int = VIDEO_MAX_PIXELS,
+                       total_pixels: int = VIDEO_TOTAL_PIXELS) -> int:
+    """Per-frame pixel ceiling for `n_frames` sampled frames: the total budget shared over the temporal
+    patches, capped at `max_pixels`. There is no floor, so the total always holds (many frames get small)."""
+    return int(min(max_pixels, total_pixels / max(n_frames, 1) * FRAME_FACTOR))
+
+
+def _is_still_image(container) -> bool:
+    """FFmpeg opens single images too (png_pipe, jpeg_pipe, image2, ...); animated GIFs count as video."""
+    name = container.format.name or ""
+    return name == "image2" or name.endswith("_pipe")
+
+
+class _EvenSampler:
+    """A bounded, evenly spaced subset of a stream of unknown length: frames are kept one per `spacing`
+    seconds; past `2 * limit` kept frames the spacing doubles and every other kept frame is dropped."""
+
+    def __init__(self, spacing: float, limit: int) -> None:
+        self.spacing, self.capacity = spacing, 2 * limit
+        self.kept: list[tuple[float, np.ndarray]] = []
+        self.t0: float | None = None
+        self.t_last = 0.0                 # the last decoded frame's time, kept or not
+
+    def _slot(self, t: float) -> int:
+        return math.floor((t - self.t0) / self.spacing + 1e-9)
+
+    def offer(self, t: float, frame) -> None:
+        if self.t0 is None:
+            self.t0 = t
+        self.t_last = max(self.t_last, t)
+        if self.kept and self._slot(t) <= self._slot(self.kept[-1][0]):
+            return
+        self.kept.append((t, frame.to_ndarray(format="rgb24")))
+        if len(self.kept) > self.capacity:
+            self.spacing *= 2
+            thinned, last = [], None
+            for item in self.kept:
+                if last is None or self._slot(item[0]) > last:
+                    thinned.append(item)
+                    last = self._slot(item[0])
+            self.kept = thinned
+
+    def pick(self, times: list[float]) -> list[tuple[float, np.ndarray]]:
+        """The kept frame nearest to each time (seconds from the first frame)."""
+        ts = np.asarray([t - self.t0 for t, _ in self.kept])
+        return [self.kept[int(np.abs(ts - t).argmin())] for t in times]
 
 
 def load_video(path_or_url: str | os.PathLike, *, fps: float = 1.0, max_frames: int = DEFAULT_MAX_FRAMES,
                max_pixels: int | None = None, total_pixels: int = VIDEO_TOTAL_PIXELS,
-               cache_dir: str | os.PathLike | None = None, quiet: bool = False) -> Video:
-    """Decode with PyAV, sample `fps` frames per second (at most `max_frames`, rounded to an even count), resize
-    every frame to one Qwen2.5-VL grid within the per-frame pixel budget."""
+               cache_dir: str | os.PathLike | None = None, quiet: bool = False,
+               max_download_bytes: int | None = None) -> Video:
+    """Decode with PyAV, sample `fps` frames per second (at most `max_frames`, an even count) while decoding,
+    and resize every frame to one Qwen2.5-VL grid within the per-frame and total pixel budgets.
+
+    Memory is bounded by `max_frames` whatever the container says: with a known duration only the target
+    frames are kept; without one, an evenly thinned subset of at most `2 * max_frames` frames.
+    """
     import av
-    from PIL import Image
     from tqdm.auto import tqdm
 
     if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
         raise MediaError(f"fps must be a positive number, got {fps!r}")
     if not isinstance(max_frames, int) or max_frames < FRAME_FACTOR:
         raise MediaError(f"max_frames must be an int >= {FRAME_FACTOR}, got {max_frames!r}")
-    path = resolve_input(path_or_url, cache_dir=cache_dir, quiet=quiet)
+    path = resolve_input(path_or_url, cache_dir=cache_dir, quiet=quiet, kind="video",
+                         max_download_bytes=max_download_bytes)
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError, ValueError) as e:
         raise MediaError(f"not a readable video (unsupported or corrupt): {path_or_url}"
                          f" ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    picked: list[tuple[float, Any]] = []
     with container:
+        if _is_still_image(container):
+            raise MediaError(f"{path_or_url} is a still image ({container.format.name}), not a video: "
+                             f"use --type image")
         if not container.streams.video:
             raise MediaError(f"no video stream in {path_or_url}")
         stream = container.streams.video[0]
@@ -247,87 +310,66 @@ def load_video(path_or_url: str | os.PathLike, *, fps: float = 1.0, max_frames: 
             duration = container.duration / 1_000_000
         if duration is not None and duration <= 0:
             duration = None
-        targets = _sample_times(duration, fps, max_frames) if duration else None
-        total = stream.frames or None
-        all_frames: list[tuple[float, Any]] = []
-        last = None
+        source_frames = stream.frames or (int(duration * src_fps) if duration and src_fps else None)
+        plan = plan_frame_count(duration, fps, max_frames, source_frames) if duration else None
+        targets = [duration / plan[0] * (i + 0.5) for i in range(plan[0])] if plan else None
+        sampler = None if targets else _EvenSampler(1.0 / fps, max_frames)
+        picked: list[tuple[float, np.ndarray]] = []
+        decoded, last = 0, None
         try:
-            with tqdm(total=total, unit="frame", desc="decode video", disable=quiet, leave=False) as bar:
-                ti = 0
-                for idx, frame in enumerate(container.decode(stream)):
+            with tqdm(total=stream.frames or None, unit="frame", desc="decode video", disable=quiet,
+                      leave=False) as bar:
+                for frame in container.decode(stream):
                     bar.update(1)
-                    t = float(frame.time) if frame.time is not None else (idx / src_fps if src_fps else float(idx))
-                    if targets is None:            # unknown duration: keep everything, sample afterwards
-                        all_frames.append((t, frame.to_image()))
+                    t = float(frame.time) if frame.time is not None else decoded / (src_fps or 1.0)
+                    decoded += 1
+                    if sampler is not None:
+                        sampler.offer(t, frame)
                         continue
                     last = (t, frame)
-                    while ti < len(targets) and t + 1e-6 >= targets[ti]:
-                        picked.append((t, frame.to_image()))
-                        ti += 1
-                    if ti >= len(targets):
+                    while len(picked) < len(targets) and t + 1e-6 >= targets[len(picked)]:
+                        picked.append((t, frame.to_ndarray(format="rgb24")))
+                    if len(picked) == len(targets):
                         break
         except av.error.FFmpegError as e:
-            if not picked and not all_frames and last is None:
+            if decoded == 0:
                 raise MediaError(f"cannot decode video {path_or_url}: "
                                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-        if targets is not None and last is not None and len(picked) < len(targets):
-            # the container's duration overstated the stream: repeat the last decoded frame
-            img = picked[-1][1] if picked and picked[-1][0] == last[0] else last[1].to_image()
-            picked.extend([(last[0], img)] * (len(targets) - len(picked)))
-        if targets is None:
-            if not all_frames:
-                raise MediaError(f"no decodable frames in {path_or_url}")
-            dur = all_frames[-1][0] - all_frames[0][0] + (1 / src_fps if src_fps else 0)
-            duration = dur if dur > 0 else len(all_frames) / (src_fps or 1.0)
-            want = _sample_times(duration, fps, max_frames)
-            base = all_frames[0][0]
-            j = 0
-            for t in want:
-                while j + 1 < len(all_frames) and all_frames[j][0] - base + 1e-6 < t:
-                    j += 1
-                picked.append(all_frames[j])
-        if not picked:
-            raise MediaError(f"no decodable frames in {path_or_url}")
-        width, height = picked[0][1].size
-    budget = frame_pixel_budget(len(picked), max_pixels=max_pixels or VIDEO_MAX_PIXELS, total_pixels=total_pixels)
+    if decoded == 0:
+        raise MediaError(f"no decodable frames in {path_or_url}")
+    if sampler is not None:                 # no duration in the container: measured from the decoded frames
+        duration = sampler.t_last - sampler.t0 + (1 / src_fps if src_fps else 0)
+        duration = duration if duration > 0 else decoded / (src_fps or 1.0)
+        n, text = plan_frame_count(duration, fps, max_frames, decoded)
+        plan = (n, text + " (no duration in the container: measured by decoding)")
+        picked = sampler.pick([duration / n * (i + 0.5) for i in range(n)])
+    elif len(picked) < len(targets):        # the container's duration overstated the stream
+        img = picked[-1][1] if picked and picked[-1][0] == last[0] else last[1].to_ndarray(format="rgb24")
+        picked.extend([(last[0], img)] * (len(targets) - len(picked)))
+    n = len(picked)
+    if n > max_frames_in_budget(total_pixels):
+        raise MediaError(f"{n} frames do not fit the total pixel budget even at {MIN_PIXELS // FACTOR ** 2} tokens "
+                         f"per frame: lower fps or max_frames to at most {max_frames_in_budget(total_pixels)}")
+    height, width = picked[0][1].shape[:2]
+    cap = max_pixels or VIDEO_MAX_PIXELS
+    budget = frame_pixel_budget(n, max_pixels=cap, total_pixels=total_pixels)
     h, w = smart_resize(height, width, min_pixels=min(MIN_PIXELS, budget), max_pixels=budget)
-    arr = np.stack([np.asarray(img.convert("RGB").resize((w, h), Image.BICUBIC)) for _, img in picked])
+    sizing = f"{width}x{height} -> {w}x{h} px per frame ({h * w // FACTOR ** 2} tokens before the temporal merge)"
+    if budget < cap:
+        sizing += (f"; downscaled so that {n} frames stay within the total budget of "
+                   f"{total_pixels // FACTOR ** 2} tokens")
+    frames = np.stack([_resize_frame(a, w, h) for _, a in picked])
     times = [t for t, _ in picked]
-    span = duration if duration else (times[-1] - times[0] if len(times) > 1 else 1.0)
-    sample_fps = len(times) / span if span > 0 else float(fps)
-    return Video(frames=arr, timestamps=times, sample_fps=sample_fps, source_fps=src_fps, duration=duration,
-                 source_size=(width, height))
+    return Video(frames=frames, timestamps=times, sample_fps=n / duration, source_fps=src_fps, duration=duration,
+                 source_size=(width, height), frames_decoded=decoded, sampling=plan[1], sizing=sizing)
 
 
-# ---------------------------------------------------------------------------------------------- patches
-def to_patches(frames: np.ndarray, *, patch_size: int = 14, temporal_patch_size: int = 2, merge_size: int = 2,
-               mean=IMAGE_MEAN, std=IMAGE_STD) -> tuple[np.ndarray, list[int]]:
-    """Qwen2.5-VL vision input from uint8 frames `[T, H, W, 3]` (an image is T = 1).
+def _resize_frame(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    from PIL import Image
 
-    Returns `pixel_values` float32 `[t*h*w, 3*temporal_patch_size*patch_size**2]` and `grid_thw = [t, h, w]`
-    (in patches). Rows are ordered so that every `merge_size x merge_size` group of neighbouring patches is
-    contiguous (the order the patch merger expects); each row is laid out channel, time, row, column (the
-    Conv3d patch embedding's input order). T is padded to a multiple of `temporal_patch_size` by repeating the
-    last frame.
-    """
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise MediaError(f"expected frames [T, H, W, 3], got shape {tuple(frames.shape)}")
-    T, H, W, _ = frames.shape
-    unit = patch_size * merge_size
-    if H % unit or W % unit:
-        raise MediaError(f"frame size {W}x{H} is not a multiple of {unit}; resize with smart_resize first")
-    x = (frames.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    if T % temporal_patch_size:
-        pad = temporal_patch_size - T % temporal_patch_size
-        x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)], axis=0)
-    t, h, w = x.shape[0] // temporal_patch_size, H // patch_size, W // patch_size
-    m = merge_size
-    # [t, tp, hm, m, p, wm, m, p, C]
-    x = x.reshape(t, temporal_patch_size, h // m, m, patch_size, w // m, m, patch_size, 3)
-    # -> [t, hm, wm, m(row), m(col), C, tp, p(row), p(col)]
-    x = x.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)
-    pixel_values = np.ascontiguousarray(x.reshape(t * h * w, 3 * temporal_patch_size * patch_size * patch_size))
-    return pixel_values, [t, h, w]
+    if rgb.shape[:2] == (height, width):
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.BICUBIC))
 
 
 def image_to_array(img) -> np.ndarray:
@@ -345,7 +387,7 @@ def guess_kind(path_or_url: str) -> str | None:
     return None
 
 
-__all__ = ["MediaError", "Video", "smart_resize", "frame_pixel_budget", "resolve_input", "download", "load_image",
-           "load_video", "to_patches", "image_to_array", "default_cache_dir", "is_url", "guess_kind", "FACTOR",
-           "MIN_PIXELS", "MAX_PIXELS", "VIDEO_MAX_PIXELS", "VIDEO_TOTAL_PIXELS", "DEFAULT_MAX_FRAMES"]
-
+__all__ = ["MediaError", "DownloadError", "Video", "smart_resize", "frame_pixel_budget", "plan_frame_count",
+           "max_frames_in_budget", "resolve_input", "download", "load_image", "load_video", "image_to_array",
+           "default_cache_dir", "decode_pixel_limit", "is_url", "guess_kind", "FACTOR", "MIN_PIXELS", "MAX_PIXELS",
+           "VIDEO_MAX_PIXELS", "VIDEO_TOTAL_PIXELS", "DEFAULT_MAX_FRAMES"]

@@ -1,0 +1,202 @@
+"""URL downloads against loopback servers that misbehave on purpose: a cached file is complete or absent."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from _rawhttp import raw_server, response
+
+from paddlemix_psa.app import download as dl
+from paddlemix_psa.app.errors import DownloadError, MediaError
+
+BODY = bytes(range(256)) * 40          # 10 kB
+
+
+def _leftovers(cache):
+    """Everything in the cache dir except the lock directory (partials included)."""
+    return sorted(p.name for p in cache.iterdir() if p.name != dl.LOCK_DIR) if cache.exists() else []
+
+
+def _fails(url, cache, match, **kw):
+    with pytest.raises(DownloadError, match=match) as info:
+        dl.download(url, cache_dir=cache, quiet=True, **kw)
+    assert "\n" not in str(info.value) and isinstance(info.value, MediaError)
+    assert _leftovers(cache) == [], "a failed download left files in the cache"
+    return str(info.value)
+
+
+def test_complete_download_is_cached_and_reused(tmp_path):
+    with raw_server(lambda path, c: c.sendall(response(BODY))) as (base, seen):
+        got = dl.download(f"{base}/a.png", cache_dir=tmp_path, quiet=True)
+        again = dl.download(f"{base}/a.png", cache_dir=tmp_path, quiet=True)
+    assert got == again and got.read_bytes() == BODY and seen == ["/a.png"]
+    assert _leftovers(tmp_path) == [got.name]
+
+
+def test_truncated_body_is_not_cached(tmp_path):
+    def short(path, c):
+        c.sendall(response(BODY[:4000], length=len(BODY)))      # closes 6000 bytes early
+    with raw_server(short) as (base, _):
+        msg = _fails(f"{base}/t.png", tmp_path, "truncated")
+    assert "4000 of 10240" in msg
+    with raw_server(lambda path, c: c.sendall(response(BODY))) as (base2, _):
+        assert dl.download(f"{base2}/t.png", cache_dir=tmp_path, quiet=True).read_bytes() == BODY
+
+
+def test_truncated_chunked_body_is_one_line(tmp_path):
+    def chunked(path, c):
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"400\r\n" + BODY[:100])                        # promises 1024 bytes, sends 100, closes
+    with raw_server(chunked) as (base, _):
+        _fails(f"{base}/c.png", tmp_path, "truncated body")
+
+
+def test_bad_status_line_is_one_line(tmp_path):
+    with raw_server(lambda path, c: c.sendall(b"HTTX/9 banana\r\n\r\n")) as (base, _):
+        _fails(f"{base}/s.png", tmp_path, "malformed HTTP response")
+
+
+def test_non_ascii_url_is_encoded(tmp_path):
+    with raw_server(lambda path, c: c.sendall(response(BODY))) as (base, seen):
+        got = dl.download(f"{base}/bild ü.png?q=ä", cache_dir=tmp_path, quiet=True)
+    assert got.read_bytes() == BODY and seen == ["/bild%20%C3%BC.png?q=%C3%A4"]
+    _fails("http://" + "ü" * 70 + "/x.png", tmp_path / "other", "invalid host name")
+
+
+def test_size_cap_refused_from_content_length(tmp_path):
+    def huge(path, c):
+        c.sendall(response(b"", length=315 << 20))               # declares 315 MiB, sends nothing
+        time.sleep(2)
+    with raw_server(huge) as (base, _):
+        t0 = time.monotonic()
+        msg = _fails(f"{base}/big.png", tmp_path, "refused", kind="image")
+        assert time.monotonic() - t0 < 1.5                      # refused from the header, not by reading
+    assert "315.0 MiB" in msg and "64.0 MiB limit for images" in msg and "--max-download-mb" in msg
+
+
+def test_size_cap_stops_streaming_without_content_length(tmp_path, monkeypatch):
+    sent = []
+
+    def endless(path, c):
+        c.sendall(response(b"", length=None))
+        for _ in range(64):                                      # 4 MiB unless the client hangs up
+            c.sendall(b"\0" * (1 << 16))
+            sent.append(1)
+    with raw_server(endless) as (base, _):
+        _fails(f"{base}/v.mp4", tmp_path, "stopped", max_bytes=1 << 20)
+        monkeypatch.setenv("PADDLEMIX_PSA_MAX_DOWNLOAD_MB", "0.5")
+        msg = _fails(f"{base}/w.mp4", tmp_path, "stopped", kind="video")
+    assert "0.5 MiB limit for videos" in msg
+
+
+def test_cap_from_env_is_validated(tmp_path, monkeypatch):
+    monkeypatch.setenv("PADDLEMIX_PSA_MAX_DOWNLOAD_MB", "lots")
+    with pytest.raises(ValueError, match="PADDLEMIX_PSA_MAX_DOWNLOAD_MB='lots' is invalid"):
+        dl.download("http://127.0.0.1:9/x.png", cache_dir=tmp_path, quiet=True)
+    assert dl.download_cap("image", 5) == 5
+    monkeypatch.delenv("PADDLEMIX_PSA_MAX_DOWNLOAD_MB")
+    assert (dl.download_cap("image"), dl.download_cap("video")) == (64 << 20, 4 << 30)
+
+
+def test_total_deadline_stops_a_drip(tmp_path):
+    def drip(path, c):
+        c.sendall(response(b"", length=1000))
+        for _ in range(1000):
+            c.sendall(b"x")
+            time.sleep(0.1)
+    with raw_server(drip) as (base, _):
+        t0 = time.monotonic()
+        _fails(f"{base}/d.png", tmp_path, "deadline", timeout=3, deadline=1.0)
+        assert time.monotonic() - t0 < 3.0
+
+
+def test_redirect_to_another_scheme_is_refused(tmp_path):
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(1.5)
+    port = listener.getsockname()[1]
+
+    def to_ftp(path, c):
+        c.sendall(response(b"", status="302 Found", length=0, extra=f"Location: ftp://127.0.0.1:{port}/x.png\r\n"))
+    with raw_server(to_ftp) as (base, _):
+        _fails(f"{base}/r.png", tmp_path, "only http\\(s\\) redirects")
+    with pytest.raises((TimeoutError, socket.timeout)):
+        listener.accept()                                        # nothing ever connected to the ftp port
+    listener.close()
+
+
+def test_redirect_between_http_urls_is_followed(tmp_path):
+    def hop(path, c):
+        if path == "/old.png":
+            c.sendall(response(b"", status="301 Moved", length=0, extra="Location: /new%20file.png\r\n"))
+        else:
+            c.sendall(response(BODY))
+    with raw_server(hop) as (base, seen):
+        assert dl.download(f"{base}/old.png", cache_dir=tmp_path, quiet=True).read_bytes() == BODY
+    assert seen == ["/old.png", "/new%20file.png"]
+
+
+def test_html_error_page_is_refused(tmp_path):
+    page = b"<html><body>Sign in</body></html>"
+    with raw_server(lambda path, c: c.sendall(response(page, content_type="text/html; charset=utf-8"))) as (base, _):
+        msg = _fails(f"{base}/p.png", tmp_path, "Content-Type 'text/html'", kind="image")
+    assert "not an image" in msg
+
+
+def test_interrupt_removes_the_partial_file(tmp_path, monkeypatch):
+    reads = []
+
+    class _Interrupting:
+        @staticmethod
+        def monotonic():
+            reads.append(1)
+            if len(reads) > 3:
+                raise KeyboardInterrupt
+            return time.monotonic()
+    monkeypatch.setattr(dl, "time", _Interrupting)
+    monkeypatch.setattr(dl, "CHUNK_BYTES", 100)
+    with raw_server(lambda path, c: c.sendall(response(BODY))) as (base, _):
+        with pytest.raises(KeyboardInterrupt):
+            dl.download(f"{base}/k.png", cache_dir=tmp_path, quiet=True)
+    assert len(reads) > 3 and _leftovers(tmp_path) == []
+
+
+_CHILD = """
+import sys
+from paddlemix_psa.app.download import download
+print(download(sys.argv[1], cache_dir=sys.argv[2], quiet=True))
+"""
+
+
+def test_concurrent_downloads_of_one_url(tmp_path):
+    """4 threads and 2 processes ask for one URL at once: one request, every caller gets the same full file."""
+    def slow(path, c):
+        c.sendall(response(b"", length=len(BODY)))
+        for i in range(0, len(BODY), 1024):
+            c.sendall(BODY[i:i + 1024])
+            time.sleep(0.02)
+    results, errors = [], []
+
+    def worker():
+        try:
+            results.append(dl.download(url, cache_dir=tmp_path, quiet=True))
+        except Exception as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+    with raw_server(slow) as (base, seen):
+        url = f"{base}/same.mp4"
+        procs = [subprocess.Popen([sys.executable, "-c", _CHILD, url, str(tmp_path)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        outs = [p.communicate(timeout=60) for p in procs]
+    assert errors == [] and len(results) == 4
+    assert all(p.returncode == 0 for p in procs), [o[1][-500:] for o in outs]
+    paths = {str(r) for r in results} | {o[0].strip() for o in outs}
+    assert len(paths) == 1 and results[0].read_bytes() == BODY
+    assert seen == ["/same.mp4"] and _leftovers(tmp_path) == [results[0].name]
