@@ -200,3 +200,29 @@ def test_concurrent_downloads_of_one_url(tmp_path):
     paths = {str(r) for r in results} | {o[0].strip() for o in outs}
     assert len(paths) == 1 and results[0].read_bytes() == BODY
     assert seen == ["/same.mp4"] and _leftovers(tmp_path) == [results[0].name]
+
+
+def _broken(path, c):
+    if path.startswith("/chunked"):
+        c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n400\r\n" + BODY[:10])
+    elif path.startswith("/status"):
+        c.sendall(b"HTTP/1.1 OOPS\r\n\r\n")
+    else:
+        c.sendall(response(BODY * 200))                          # 2 MiB
+
+
+@pytest.mark.parametrize("case, match", [
+    ("/chunked.png", "truncated body"), ("/status.png", "malformed HTTP response"),
+    ("/big.png --max-download-mb 1", "above the 1.0 MiB limit"), ("HOST", "invalid host name"),
+])
+def test_cli_download_failures_exit_3_in_one_line(tmp_path, case, match):
+    from _cli import run_cli
+
+    with raw_server(_broken) as (base, _):
+        path, *extra = case.split()
+        url = "http://" + "ü" * 70 + "/x.png" if case == "HOST" else base + path
+        proc = run_cli("infer", "--model", "tiny", "--input", url, "--prompt", "x", "--quiet", *extra,
+                       env_extra={"PADDLEMIX_PSA_CACHE": str(tmp_path)}, timeout=120)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert match in proc.stderr and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert _leftovers(tmp_path / "media") == []

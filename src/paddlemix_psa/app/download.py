@@ -127,12 +127,58 @@ def download(url: str, *, cache_dir: str | os.PathLike | None = None, quiet: boo
             with os.fdopen(fd, "wb") as fh:
                 _fetch(url, fh, kind=kind, cap=cap, quiet=quiet, timeout=timeout, deadline=deadline,
                        label=target.name.split("-", 1)[1])
-            os.replace(tmp, target)
+            try:
+                os.replace(tmp, target)
+            except OSError as e:                  # e.g. `paddlemix-psa cache --clear` ran meanwhile
+                raise DownloadError(f"download failed: cannot store {target}: {e.strerror or e}") from None
         except BaseException:                     # failures and Ctrl-C alike: never leave a partial file
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
     return target
+
+
+def cache_entries(cache_dir: str | os.PathLike | None = None) -> tuple[list[Path], list[Path]]:
+    """(complete downloads, partial files) in the cache directory, each sorted by name."""
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    files = sorted(p for p in cache.iterdir() if p.is_file()) if cache.is_dir() else []
+    return ([p for p in files if not p.name.startswith(".")],
+            [p for p in files if p.name.startswith(PARTIAL_PREFIX)])
+
+
+def clear_cache(cache_dir: str | os.PathLike | None = None) -> tuple[list[Path], list[Path]]:
+    """Delete every complete download and every partial file no download is writing to.
+
+    Returns (removed, kept): a partial file is kept while the process writing it holds its URL lock.
+    """
+    entries, partials = cache_entries(cache_dir)
+    removed, kept = [], []
+    for p in entries:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            removed.append(p)
+    for p in partials:
+        key = p.name[len(PARTIAL_PREFIX):].split("-", 1)[0]
+        if not _try_lock(p.parent / LOCK_DIR / f"{key}.lock"):
+            kept.append(p)
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            removed.append(p)
+    return removed, kept
+
+
+def _try_lock(path: Path) -> bool:
+    """True when nobody holds the URL lock at `path` (checked without waiting, released at once)."""
+    if fcntl is None or not path.exists():  # pragma: no cover - Windows
+        return True
+    with open(path, "a+b") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return True
 
 
 @contextlib.contextmanager
@@ -250,5 +296,5 @@ def _reason(e: object) -> str:
     return str(text).strip().splitlines()[0] if str(text).strip() else type(e).__name__
 
 
-__all__ = ["download", "download_cap", "cache_path", "default_cache_dir", "ascii_url", "DownloadError",
-           "IMAGE_CAP_BYTES", "VIDEO_CAP_BYTES", "PARTIAL_PREFIX", "LOCK_DIR"]
+__all__ = ["download", "download_cap", "cache_path", "cache_entries", "clear_cache", "default_cache_dir", "ascii_url",
+           "DownloadError", "IMAGE_CAP_BYTES", "VIDEO_CAP_BYTES", "PARTIAL_PREFIX", "LOCK_DIR"]

@@ -7,6 +7,7 @@ Exit codes are the shared table of `exit_codes` (printed by `--help`). Errors ar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -95,6 +96,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="at most N sampled video frames (64)")
     p.add_argument("--max-pixels", type=_positive_int, default=None, metavar="N",
                    help="pixel budget per image / video frame (Qwen2.5-VL smart resize, multiples of 28)")
+    p.add_argument("--max-download-mb", type=_positive_float, default=None, metavar="MB",
+                   help="size cap for an http(s) --input (default 64 for images, 4096 for videos, or "
+                        "$PADDLEMIX_PSA_MAX_DOWNLOAD_MB); larger downloads are refused and nothing is cached")
     psa = p.add_mutually_exclusive_group()
     psa.add_argument("--use-psa", dest="use_psa", action="store_true", default=True,
                      help="attn_implementation='psa' (default)")
@@ -103,6 +107,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="ID_OR_PATH|tiny",
                    help=f"model for the host's from_pretrained, or 'tiny' (default {DEFAULT_MODEL})")
     p.add_argument("--host", choices=HOSTS, default="paddleformers")
+    p.add_argument("--capture-qkv", default=None, metavar="qkv.npz",
+                   help="save the post-RoPE q/k/v of --capture-layers at prefill, with token types (text, image, "
+                        "video) and the frame grid (input of `paddlemix-psa sweep --qkv`; --host paddleformers)")
+    p.add_argument("--capture-layers", default=None, metavar="0,13,27",
+                   help="LLM layers for --capture-qkv (default: first, middle and last)")
     add_common_arguments(p)
     p.set_defaults(func=run, run=run)
     return p
@@ -320,30 +329,67 @@ def _run(args: argparse.Namespace) -> int:
     check_output_path(args.stats_out, "--stats-out")
     check_output_path(args.plot, "--plot")
     check_model_name(args.model)
+    check_output_path(args.capture_qkv, "--capture-qkv")
+    if args.capture_qkv and args.host != "paddleformers":
+        raise CliError("--capture-qkv needs --host paddleformers (PaddleMIX fixes attention classes at construction)",
+                       exit_codes.CONFIG)
     if tiny:
         from ..app.tiny import tiny_config_dict
 
         check_plot_selectors(args, tiny_config_dict(), cfg)
+        capture_layers(args, tiny_config_dict())
     # Decode the input before loading the model: bad inputs fail fast and cleanly.
+    cap = int(args.max_download_mb * (1 << 20)) if args.max_download_mb else None
     if kind == "image":
-        loaded = media.load_image(args.input, max_pixels=args.max_pixels, quiet=args.quiet)
+        loaded = media.load_image(args.input, max_pixels=args.max_pixels, quiet=args.quiet, max_download_bytes=cap)
     else:
         loaded = media.load_video(args.input, fps=args.fps, max_frames=args.max_frames or media.DEFAULT_MAX_FRAMES,
-                                  max_pixels=args.max_pixels, quiet=args.quiet)
+                                  max_pixels=args.max_pixels, quiet=args.quiet, max_download_bytes=cap)
     from ..app.inference import DEFAULT_MAX_NEW_TOKENS, QwenVLInference
 
     app = QwenVLInference(use_psa=args.use_psa, model=args.model, psa_config=cfg, host=args.host,
                           max_pixels=args.max_pixels, quiet=args.quiet, plot_layer=args.plot_layer)
     check_plot_selectors(args, app.model.config, cfg)     # real weights: known once the config is loaded
+    layers = capture_layers(args, app.model.config)
+    from ..app.capture import QKVCapture
+
+    capture = QKVCapture(app, layers) if layers else contextlib.nullcontext()
     n_new = args.max_new_tokens or (16 if tiny else DEFAULT_MAX_NEW_TOKENS)
-    if kind == "image":
-        res = app.inference_image(loaded, args.prompt, max_new_tokens=n_new)
-    else:
-        res = app.inference_video(loaded, args.prompt, max_new_tokens=n_new)
+    with capture:
+        if kind == "image":
+            res = app.inference_image(loaded, args.prompt, max_new_tokens=n_new)
+        else:
+            res = app.inference_video(loaded, args.prompt, max_new_tokens=n_new)
     res.input = args.input
     print_result(app, res)
     finish_outputs(app, args)
+    if layers:
+        save_capture(capture, args, res)
     return 0
+
+
+def capture_layers(args: argparse.Namespace, config: Any) -> tuple[int, ...] | None:
+    """--capture-layers checked against the model's LLM layers; None without --capture-qkv."""
+    if not args.capture_qkv:
+        if args.capture_layers is not None:
+            raise CliError("--capture-layers needs --capture-qkv PATH", exit_codes.CONFIG)
+        return None
+    from ..app.capture import parse_layers
+
+    try:
+        return parse_layers(args.capture_layers, text_dims(config)[0])
+    except ValueError as e:
+        raise CliError(str(e), exit_codes.CONFIG) from None
+
+
+def save_capture(capture, args: argparse.Namespace, res) -> None:
+    try:
+        path = capture.save(args.capture_qkv, extra={"input": args.input, "prompt": args.prompt, "kind": res.kind,
+                                                     "media": res.media})
+    except OSError as e:
+        raise CliError(f"cannot write --capture-qkv {args.capture_qkv}: {e.strerror or e}", exit_codes.OTHER) from None
+    layers = ",".join(map(str, capture.layers))
+    print(f"q/k/v of LLM layers {layers} (post-RoPE, prefill, {res.prompt_tokens} tokens) written to {path}")
 
 
 def print_result(app, res) -> None:

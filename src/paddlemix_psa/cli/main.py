@@ -20,10 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"paddlemix-psa {__version__}")
     parser.add_argument("--verbose", action="store_true",
                         help="show host log output (Paddle, PaddleFormers, transformers) and paddlemix_psa INFO logs")
-    sub = parser.add_subparsers(dest="command", metavar="{attention,infer,demo,eval,sweep,check}")
+    sub = parser.add_subparsers(dest="command", metavar="{attention,infer,demo,eval,sweep,check,cache}")
     sub.required = True
     attention.add_parser(sub)
-    for name in ("infer", "demo", "eval", "sweep", "check"):
+    for name in ("infer", "demo", "eval", "sweep", "check", "cache"):
         try:
             module = __import__(f"paddlemix_psa.cli.{name}", fromlist=["add_parser"])
         except ImportError:          # pragma: no cover - only while a subcommand is not installed
