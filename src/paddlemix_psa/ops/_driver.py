@@ -5,6 +5,23 @@ computes on its own current stream. `paddle_launch_scope(device)` swaps the proc
 for one that answers with Paddle's device and stream, and restores the previous driver afterwards, so a
 user's own torch + Triton kernels keep torch's driver. Not thread-safe against concurrent torch + Triton
 launches from other threads (the active-driver slot is process-global).
+
+The Paddle API surface the Triton path calls (Paddle 3.2 / 3.3), in `ops/` (this file, `_launch.py`,
+`dispatch.py`, `attention.py`, `_checks.py`). `tests/gpu/paddle_standin.py` implements exactly this list, so a
+real Paddle GPU run exercises the same calls as the stand-in run:
+
+- tensors: `isinstance(t, paddle.Tensor)`; `t.place.is_gpu_place()`, `.is_cpu_place()`, `.gpu_device_id()`;
+  `str(t.dtype)` ends in the dtype name; `t.shape`, `t.ndim`, `t.strides` (elements); `t.data_ptr()`.
+- tensor methods: `t.astype(name)`, `t.to(place)`, `t.zero_()` and `t.numpy()` (the one-element counters
+  and the first-launch probe). On the int8 level map: `==`, `|`, `.any()`, `.all()`, `bool(...)`.
+- creation: `paddle.empty(shape, dtype=name)` and `paddle.zeros(shape, dtype=name)`, on the current device.
+- process state: `paddle.in_dynamic_mode()`, `paddle.is_compiled_with_cuda()`, `paddle.__version__`,
+  `paddle.device.get_device()`, `paddle.device.set_device("gpu:N")`, `paddle.device.synchronize()` (stage
+  timing only).
+- device queries: `paddle.device.cuda.get_device_capability(dev)`, and `paddle.CUDAPlace(dev)`.
+- the current stream: `paddle.base.libpaddle._get_current_raw_stream(dev)` on 3.3+; on 3.2,
+  `paddle.device.cuda.current_stream(dev).cuda_stream`.
+- `triton.testing.do_bench` only: `paddle.device.cuda` as the device interface.
 """
 from __future__ import annotations
 
