@@ -287,6 +287,9 @@ def test_eval_other_layout_and_cli_errors(mini, tmp_path, capsys):
     assert "--data not found" in capsys.readouterr().err
     assert main(["eval", "--data", str(mini / "videomme.json"), "--field", "bogus=x", "--model", "tiny"]) == 4
     assert "--field 'bogus=x' is invalid" in capsys.readouterr().err
+    assert main(["eval", "--data", str(mini / "videomme.json"), "--model", "tiny",
+                 "--out", str(tmp_path / "no" / "r.jsonl")]) == 4             # checked before the model loads
+    assert "--out" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["eval", "--data", "x.json", "--modes", "dense,sparse"])
     assert e.value.code == 2 and "expected a comma list of distinct modes" in capsys.readouterr().err

@@ -72,6 +72,8 @@ def test_sweep_command_errors(tmp_path, capsys):
     assert "--qkv" in capsys.readouterr().err
     assert main(["sweep", "--heads", "3", "--kv-heads", "2", "--no-plot"]) == 4
     assert "multiple of --kv-heads" in capsys.readouterr().err
+    assert main(["sweep", "--plot", str(tmp_path / "no" / "s.png")]) == 4      # before any work
+    assert "--plot" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["sweep", "--tau1", "0.5,1.5"])
     assert e.value.code == 2 and "numbers in (0, 1)" in capsys.readouterr().err

@@ -10,7 +10,8 @@ import argparse
 from typing import Any
 
 from . import exit_codes
-from .infer import CliError, _positive_float, _positive_int, guarded, parse_psa_config, quiet_hosts, write_json
+from .infer import (CliError, _positive_float, _positive_int, check_model_name, check_output_path, guarded,
+                    parse_psa_config, quiet_hosts, write_json)
 
 DEFAULT_OUT = "eval_results.jsonl"
 DEFAULT_MAX_NEW_TOKENS = 16        # a direct answer is a letter; room for "The answer is (B)."
@@ -79,6 +80,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.quiet:
         quiet_hosts()
     cfg = parse_psa_config(args.psa_config, tiny=args.model == "tiny")
+    check_output_path(args.out, "--out")
+    check_output_path(args.summary or summary_path(args.out), "--summary")
+    check_model_name(args.model)
     try:
         items, bad = ev.load_items(args.data, video_dir=args.video_dir, adapter=args.adapter, fields=args.field,
                                    limit=args.limit)

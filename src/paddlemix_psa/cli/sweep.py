@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from . import exit_codes
-from .infer import CliError, _positive_int, guarded, parse_psa_config, write_json
+from .infer import CliError, _positive_int, check_output_path, guarded, parse_psa_config, write_json
 
 DEFAULT_PLOT = "psa_sweep.png"
 
@@ -91,6 +91,8 @@ def _run(args: argparse.Namespace) -> int:
     from ..app import sweep as sw
 
     base = parse_psa_config(args.base_config, tiny=False, option="--base-config")
+    check_output_path(args.plot, "--plot")
+    check_output_path(args.json_out, "--json")
     if args.device:
         import paddle
 
