@@ -49,7 +49,7 @@ def _arm_hosts() -> None:
         return
     try:
         from .integrations import _autoload
-        _autoload.arm(force=True)
+        _autoload.arm()
         if any(name in sys.modules for name in _autoload.WATCHED):
             from .integrations import arm
             arm()

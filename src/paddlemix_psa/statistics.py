@@ -1,7 +1,7 @@
-"""Statistics (PSA-SPEC.md §9): per-call `PSAStats`, per-layer aggregation and process-wide fallback counters.
+"""Statistics (docs/ALGORITHM.md §9): per-call `PSAStats`, per-layer aggregation and process-wide fallback counters.
 
 Collection of per-call statistics is off by default (it costs a device reduction and, for timings, device
-synchronisation); fallback counters are always on, because a fallback is never silent (HOSTS.md §4).
+synchronisation); fallback counters are always on, because a fallback is never silent (docs/HOSTS.md §4).
 """
 from __future__ import annotations
 
@@ -165,7 +165,7 @@ class StatsRegistry:
                                f" (PADDLEMIX_PSA_STRICT=1 turns these into errors)")
         if first:
             level = logging.INFO if expected else logging.WARNING
-            logger.log(level, "paddlemix_psa: dense fallback '%s'%s (logged once; counted in paddlemix_psa.statistics())",
+            logger.log(level, "paddlemix_psa: dense fallback '%s'%s (logged once; counted in paddlemix_psa.stats())",
                        reason, f": {detail}" if detail else "")
 
     def summary(self) -> PSAStats:

@@ -1,13 +1,13 @@
 """Host glue: `attn_implementation="psa"` for Qwen2.5-VL in PaddleFormers and PaddleMIX.
 
-Three ways in (HOSTS.md §3), all idempotent and cheap (no Triton compile, no GPU query):
+Three ways in (docs/HOSTS.md §3), all idempotent and cheap (no Triton compile, no GPU query):
 
 * `register(hosts="auto")`: import the installed hosts and register `psa` with them now.
 * `import paddlemix_psa`: registers with hosts that are already imported and arms the post-import hook
   (`_autoload`) for the others, so nothing is imported before the host itself is (`arm()`).
 * the `paddlemix_psa_autoload.pth` file installed with the wheel: the same hook at interpreter start, with no
-  caller code at all; `PADDLEMIX_PSA_AUTOLOAD=0` switches it off (then selecting `psa` fails with an error
-  that names the variable).
+  caller code at all; `PADDLEMIX_PSA_AUTOLOAD=0` switches it off completely (nothing of the plugin is loaded,
+  so selecting `psa` gives the host's own unknown-implementation error until `import paddlemix_psa`).
 
 Plus the entry-point group loader (`load_attention_plugins`) a host would call (docs/upstream.md), per-layer
 statistics (`collect_stats`, `reset_stats`) and the per-tower switch `set_attn_implementation`.
@@ -36,12 +36,16 @@ class PSANotRegisteredError(RuntimeError):
 
 
 def not_registered_error(host: str, why: str = "") -> PSANotRegisteredError:
-    reason = why or (f"{_env.AUTOLOAD}=0 switched off its automatic registration"
-                     if not _env.autoload_enabled() else "it was not registered")
+    """The error of selecting `psa` without a registration; `why` is the cause of a failed registration."""
+    if why:
+        reason, hint = why, "`paddlemix_psa.register()` retries and raises the full error"
+    else:
+        reason = (f"{_env.AUTOLOAD}=0 switched off its automatic registration" if not _env.autoload_enabled()
+                  else "it was not registered")
+        hint = "run `import paddlemix_psa` or `paddlemix_psa.register()` before building the model"
     return PSANotRegisteredError(
-        f"attn_implementation='psa' was selected but paddlemix_psa is not registered with {host}: {reason}. "
-        f"Unset {_env.AUTOLOAD} (automatic registration when the host is imported), or run "
-        f"`import paddlemix_psa` / `paddlemix_psa.register()` before building the model.")
+        f"attn_implementation='psa' was selected but paddlemix_psa is not registered with {host}: {reason}; "
+        f"{hint}")
 
 
 # ----------------------------------------------------------------------------------------------- registration
@@ -93,7 +97,7 @@ def register(hosts: str | Iterable[str] = "auto") -> dict[str, bool]:
             logger.warning("paddlemix_psa: %s is installed but could not be imported (%r); psa not registered "
                            "with it", host, exc)
             done[host] = False
-    _autoload.arm(force=True)
+    _autoload.arm()
     return done
 
 
@@ -103,25 +107,35 @@ def arm() -> dict[str, bool]:
     for host, module_name in (("paddleformers", _autoload.PF_INTERFACE), ("paddlemix", _autoload.MIX_MODELING)):
         mod = sys.modules.get(module_name)
         if mod is not None:
-            done[host] = _register_host(host, mod)
-    _autoload.arm(force=True)
+            try:
+                done[host] = _register_host(host, mod)
+            except Exception as exc:  # noqa: BLE001 - same outcome as a failure in the import hook
+                _autoload._record_failure(module_name, mod, exc)
+                done[host] = False
+    _autoload.arm()
     return done
 
 
+def not_registered_reason(host: str) -> str:
+    """Why `psa` is not registered with `host` ("" when it is); never raises for a broken host."""
+    if host not in HOSTS:
+        raise ValueError(f"unknown host {host!r}: valid hosts are {list(HOSTS)}")
+    try:
+        if host == "paddleformers":
+            from .paddleformers import not_registered_reason as reason
+        else:
+            from .paddlemix import not_registered_reason as reason
+        return reason()
+    except Exception as exc:  # noqa: BLE001 - a broken host answers False with the cause, not an exception
+        return f"{type(exc).__name__}: {exc}"
+
+
 def is_registered(host: str | None = None) -> bool:
-    """Whether `psa` is registered with `host` (or with any host when None)."""
-    from . import paddleformers as pf
-
-    checks = {"paddleformers": pf.is_registered}
-    if "paddlemix_psa.integrations.paddlemix" in sys.modules or host == "paddlemix":
-        from .paddlemix import is_registered as mix_registered
-
-        checks["paddlemix"] = mix_registered
+    """Whether `psa` is registered with `host` (or with any host when None). False for a broken host;
+    `not_registered_reason(host)` says why."""
     if host is not None:
-        if host not in HOSTS:
-            raise ValueError(f"unknown host {host!r}: valid hosts are {list(HOSTS)}")
-        return checks.get(host, lambda: False)()
-    return any(fn() for fn in checks.values())
+        return not not_registered_reason(host)
+    return any(not not_registered_reason(h) for h in HOSTS)
 
 
 def activate() -> None:
@@ -188,5 +202,5 @@ def set_attn_implementation(model, text: str | None = "psa", vision: str | None 
     impl(model, text=text, vision=vision)
 
 
-__all__ = ["register", "arm", "is_registered", "activate", "load_attention_plugins", "collect_stats",
+__all__ = ["register", "arm", "is_registered", "not_registered_reason", "activate", "load_attention_plugins", "collect_stats",
            "reset_stats", "set_attn_implementation", "PSANotRegisteredError", "not_registered_error"]

@@ -1,11 +1,14 @@
-"""Post-import hook: register `psa` right after a host module has executed (HOSTS.md §3, option B).
+"""Post-import hook: register `psa` right after a host module has executed (docs/HOSTS.md §3, option B).
 
 Loaded at interpreter start by `paddlemix_psa_autoload.pth` (by file path, without importing the
 `paddlemix_psa` package), or by `import paddlemix_psa`. Standard library only; nothing here imports Paddle
 or a host. It installs one `sys.meta_path` finder that answers only for the watched module names below and
 wraps their loader so that, once the module body has run, the matching registration runs. It is idempotent
-(one finder per process), never raises into the importing code, and with PADDLEMIX_PSA_AUTOLOAD=0 registers
-nothing: it then only makes selecting `psa` fail with an error that names the variable.
+(one finder per process) and never raises into the importing code: a failed registration is one warning with
+its cause, and selecting `psa` afterwards raises the plugin's error naming that cause.
+
+With PADDLEMIX_PSA_AUTOLOAD=0 the `.pth` line does not even load this file: nothing of the plugin runs until
+`import paddlemix_psa` or `paddlemix_psa.register()`.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ PF_QWEN_MODELING = "paddleformers.transformers.qwen2_5_vl.modeling"
 MIX_MODELING = "paddlemix.models.qwen2_5_vl.modeling_qwen2_5_vl"
 WATCHED = (PF_INTERFACE, PF_QWEN_CONFIG, PF_QWEN_MODELING, MIX_MODELING)
 
+FAILURES: dict[str, str] = {}            # host -> cause of its failed automatic registration (warned once)
 
 
 def autoload_enabled() -> bool:
@@ -30,57 +34,64 @@ def autoload_enabled() -> bool:
 _IN_HOOK = False    # True while the hook itself imports the package (that import must not force registration)
 
 
-def _on_import(name: str, module, mode: str) -> None:
-    """Run the registration for `name`; never raises (a failure is logged and remembered for the error)."""
+def _on_import(name: str, module) -> None:
+    """Run the registration for `name`; never raises (a failure is warned once and remembered for the error)."""
     global _IN_HOOK
     _IN_HOOK = True
     try:
-        _register_after_import(name, module, mode)
+        _register_after_import(name, module)
+    except Exception as exc:  # never break the host import
+        _record_failure(name, module, exc)
     finally:
         _IN_HOOK = False
 
 
-def _register_after_import(name: str, module, mode: str) -> None:
-    guard = mode != "active"
-    why = "" if not guard else f"{AUTOLOAD}=0 switched off its automatic registration"
+def _register_after_import(name: str, module) -> None:
+    if name == MIX_MODELING:
+        from paddlemix_psa.integrations.paddlemix import register_paddlemix
+
+        register_paddlemix(module=module)
+        return
+    from paddlemix_psa.integrations.paddleformers import install_config_flow, register_paddleformers
+
+    if name == PF_INTERFACE:
+        register_paddleformers(module)
+    else:
+        register_paddleformers()
+        install_config_flow(module)
+
+
+def _record_failure(name: str, module, exc: BaseException) -> None:
+    """One warning per host with the real cause; later selections of `psa` raise an error naming it."""
+    host = "PaddleMIX" if name == MIX_MODELING else "PaddleFormers"
+    detail = f"{type(exc).__name__}: {exc}"
+    cause = f"automatic registration failed ({detail})"
+    first = host not in FAILURES
+    FAILURES[host] = cause
     try:
-        if name == MIX_MODELING:
-            from paddlemix_psa.integrations.paddlemix import register_paddlemix
+        if first:
+            import logging
 
-            register_paddlemix(module=module, guard=guard, why=why)
-            return
-        from paddlemix_psa.integrations.paddleformers import install_config_flow, register_paddleformers
+            logging.getLogger("paddlemix_psa").warning(
+                "paddlemix_psa: attn_implementation='psa' is not available with %s: registration failed (%s)",
+                host, detail)
+        if host == "PaddleMIX":
+            from paddlemix_psa.integrations.paddlemix import mark_failed
 
-        if name == PF_INTERFACE:
-            register_paddleformers(module, guard=guard, why=why)
+            mark_failed(module, cause)
         else:
-            register_paddleformers(guard=guard, why=why)
-            install_config_flow(module)
-    except Exception as exc:  # never break the host import
-        import logging
+            from paddlemix_psa.integrations.paddleformers import mark_failed
 
-        logging.getLogger("paddlemix_psa").warning(
-            "paddlemix_psa: automatic registration after importing %s failed: %r; selecting "
-            "attn_implementation='psa' will raise (set %s=0 to silence)", name, exc, AUTOLOAD)
-        try:
-            detail = f"automatic registration failed ({exc!r})"
-            if name == MIX_MODELING:
-                from paddlemix_psa.integrations.paddlemix import register_paddlemix
-
-                register_paddlemix(module=module, guard=True, why=detail)
-            else:
-                from paddlemix_psa.integrations.paddleformers import register_paddleformers
-
-                register_paddleformers(guard=True, why=detail)
-        except Exception:
-            pass
+            mark_failed(cause)
+    except Exception:  # noqa: BLE001 - the host import must go on; the warning above carries the cause
+        pass
 
 
 class _HookLoader:
     """Delegates to the real loader; runs the registration after `exec_module`."""
 
-    def __init__(self, loader, name: str, finder: "_PostImportFinder") -> None:
-        self._loader, self._name, self._finder = loader, name, finder
+    def __init__(self, loader, name: str) -> None:
+        self._loader, self._name = loader, name
 
     def create_module(self, spec):
         create = getattr(self._loader, "create_module", None)
@@ -94,7 +105,7 @@ class _HookLoader:
                 module.__spec__.loader = self._loader
         except Exception:
             pass
-        _on_import(self._name, module, self._finder.mode)
+        _on_import(self._name, module)
 
     def __getattr__(self, attr):
         return getattr(self._loader, attr)
@@ -105,8 +116,7 @@ class _PostImportFinder:
 
     _paddlemix_psa_finder = True
 
-    def __init__(self, mode: str) -> None:
-        self.mode = mode
+    def __init__(self) -> None:
         self._busy: set[str] = set()
 
     def find_spec(self, fullname, path=None, target=None):
@@ -132,7 +142,7 @@ class _PostImportFinder:
             self._busy.discard(fullname)
         if spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return None
-        spec.loader = _HookLoader(spec.loader, fullname, self)
+        spec.loader = _HookLoader(spec.loader, fullname)
         return spec
 
     def invalidate_caches(self) -> None:
@@ -146,20 +156,19 @@ def _finder() -> "_PostImportFinder | None":
     return None
 
 
-def arm(force: bool = False) -> None:
-    """Install the finder (once). `force=True` (explicit `import paddlemix_psa` / `register()`): active mode
-    even when PADDLEMIX_PSA_AUTOLOAD=0; otherwise the mode follows the variable."""
-    mode = "active" if force or autoload_enabled() else "guard"
-    f = _finder()                            # no lock: runs at interpreter start or under the import lock
-    if f is None:
-        sys.meta_path.insert(0, _PostImportFinder(mode))
-    elif mode == "active":
-        f.mode = "active"
+def arm() -> None:
+    """Install the finder (once); called by the `.pth` line (only when PADDLEMIX_PSA_AUTOLOAD is not 0), by
+    `import paddlemix_psa` and by `register()`."""
+    if _finder() is None:                    # no lock: runs at interpreter start or under the import lock
+        sys.meta_path.insert(0, _PostImportFinder())
 
 
 def install_from_pth() -> None:
-    """Entry of `paddlemix_psa_autoload.pth`: cheap, never raises."""
+    """Entry of `paddlemix_psa_autoload.pth`: cheap; a failure is one stderr line, never an exception."""
+    if not autoload_enabled():
+        return
     try:
-        arm(force=False)
-    except Exception:  # pragma: no cover - must never break interpreter start
-        pass
+        arm()
+    except Exception as exc:  # pragma: no cover - must never break interpreter start
+        sys.stderr.write(f"paddlemix_psa: the autoload hook failed ({type(exc).__name__}: {exc}); "
+                         f"`import paddlemix_psa` registers attn_implementation='psa' explicitly\n")

@@ -1,12 +1,14 @@
 """PaddleFormers adapter: the `psa` attention function and the `attn_implementation="psa"` config flow.
 
-PaddleFormers (>= 1.0) dispatches attention through a function registry, `AttentionInterface`, looked up at
-every forward with the (sub-)config's `_attn_implementation` (HOSTS.md §1.2-§1.4). Registering
-`psa_attention_forward` under `"psa"` is all the attention side needs.
+PaddleFormers (1.0, 1.1, 1.2; `SUPPORTED_VERSIONS`) dispatches attention through a function registry,
+`AttentionInterface`, looked up at every forward with the (sub-)config's `_attn_implementation`
+(docs/HOSTS.md §1.2-§1.4). Registering `psa_attention_forward` under `"psa"` with the public
+`AttentionInterface.register` is all the attention side needs; lookups go through an instance (a mapping), and
+the private class dict `_global_mapping` is read only when a release lacks that mapping API.
 
 Selecting `psa` in one place for both towers needs a small interception, because PaddleFormers 1.x keeps one
 `_attn_implementation` per sub-config and rejects `from_pretrained(..., attn_implementation=...)` with a
-`TypeError` (HOSTS.md §1.5). `install_config_flow()` replaces exactly three attributes of the Qwen2.5-VL
+`TypeError` (docs/HOSTS.md §1.5). `install_config_flow()` replaces exactly three attributes of the Qwen2.5-VL
 classes, each a thin wrapper that behaves exactly like the original for every value other than `psa`:
 
 * `Qwen2_5_VLConfig.__setattr__`: setting `_attn_implementation` / `attn_implementation` to `"psa"` on the
@@ -19,9 +21,12 @@ classes, each a thin wrapper that behaves exactly like the original for every va
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
+import types
+from collections.abc import Mapping
 from typing import Any
 
 from . import qwen2_5_vl as policy
@@ -34,9 +39,27 @@ QWEN_CONFIG_MODULE = "paddleformers.transformers.qwen2_5_vl.configuration"
 QWEN_MODELING_MODULE = "paddleformers.transformers.qwen2_5_vl.modeling"
 _WRAPPED = "__psa_wrapped__"
 _MISSING = object()
+SUPPORTED_VERSIONS = ("1.0", "1.1", "1.2")     # PaddleFormers releases whose AttentionInterface this targets
 
-# "active": psa registered; "guard": PADDLEMIX_PSA_AUTOLOAD=0 (or a failed registration), selecting psa raises
+# "active": psa registered; "failed": registration failed (`why` holds the cause), selecting psa raises
 _STATE: dict[str, Any] = {"mode": None, "why": ""}
+
+
+def _lookup(iface, key: str):
+    """`iface[key]` or None, through the public mapping API (an instance of the interface class)."""
+    if isinstance(iface, type):
+        try:
+            view = iface()
+        except Exception:  # noqa: BLE001 - a release whose interface cannot be instantiated
+            view = None
+        if isinstance(view, Mapping):
+            return view.get(key)
+        private = getattr(iface, "_global_mapping", None)          # guarded private name (pre-mapping API)
+        if isinstance(private, Mapping):
+            return private.get(key)
+        raise TypeError(f"{iface!r} offers neither a mapping API nor a registry dict; paddlemix_psa supports "
+                        f"PaddleFormers {', '.join(SUPPORTED_VERSIONS)}")
+    return iface.get(key) if isinstance(iface, Mapping) else None
 
 
 # ------------------------------------------------------------------------------------------ attention function
@@ -44,13 +67,12 @@ def _host_dense():
     """The host's own dense attention: `sdpa` (falls back to `eager` should a release drop `sdpa`)."""
     from paddleformers.nn.attention.interface import AttentionInterface
 
-    mapping = AttentionInterface._global_mapping
-    return mapping.get("sdpa") or mapping["eager"]
+    return _lookup(AttentionInterface, "sdpa") or _lookup(AttentionInterface, "eager")
 
 
 def psa_attention_forward(module, query, key, value, attention_mask=None, attn_mask_startend_row_indices=None,
                           dropout=0.0, sink=None, scaling=None, is_causal=None, **kwargs):
-    """PaddleFormers attention function for `_attn_implementation="psa"` (HOSTS.md §1.3).
+    """PaddleFormers attention function for `_attn_implementation="psa"` (docs/HOSTS.md §1.3).
 
     query [b, h, q, d], key/value [b, kv_h, k, d] (GQA not expanded) -> (out [b, q, h*d], None).
     Causality is inferred like the built-in `sdpa` (`is_causal` absent, no mask, `module.is_causal`), aligned
@@ -97,38 +119,69 @@ def _interface(module=None):
             import importlib
 
             module = importlib.import_module(INTERFACE_MODULE)
-    return module.AttentionInterface if hasattr(module, "AttentionInterface") else module
+    if hasattr(module, "AttentionInterface"):
+        return module.AttentionInterface
+    if isinstance(module, types.ModuleType):
+        raise TypeError(f"{module.__name__} has no AttentionInterface; paddlemix_psa supports PaddleFormers "
+                        f"{', '.join(SUPPORTED_VERSIONS)}")
+    return module
+
+
+def not_registered_reason() -> str:
+    """Why `psa` is not registered with PaddleFormers ("" when it is)."""
+    mod = sys.modules.get(INTERFACE_MODULE)
+    if mod is None:
+        return "PaddleFormers' attention interface is not imported"
+    try:
+        current = _lookup(_interface(mod), KEY)
+    except Exception as exc:  # noqa: BLE001 - a broken host must give False, not an exception
+        return f"PaddleFormers' AttentionInterface is unusable ({type(exc).__name__}: {exc})"
+    if current is psa_attention_forward:
+        return ""
+    return _STATE["why"] or ("'psa' maps to another function" if current is not None else "'psa' is not registered")
 
 
 def is_registered() -> bool:
-    mod = sys.modules.get(INTERFACE_MODULE)
-    return mod is not None and mod.AttentionInterface._global_mapping.get(KEY) is psa_attention_forward
+    return not not_registered_reason()
 
 
-def register_paddleformers(module=None, *, guard: bool = False, why: str = "") -> bool:
+def mark_failed(why: str) -> None:
+    """Registration failed: remember `why`, so that selecting `psa` raises the plugin's error naming it.
+
+    The placeholder and the config flow are installed where the host still allows it (each may fail too)."""
+    _STATE.update(mode="failed", why=why)
+    with contextlib.suppress(Exception):
+        iface = _interface(sys.modules.get(INTERFACE_MODULE) or None)
+        if _lookup(iface, KEY) is None:
+            iface.register(KEY, _psa_unavailable)
+    for name in (QWEN_CONFIG_MODULE, QWEN_MODELING_MODULE):
+        if name in sys.modules:
+            with contextlib.suppress(Exception):
+                install_config_flow(sys.modules[name])
+
+
+def register_paddleformers(module=None) -> bool:
     """Register `psa` in PaddleFormers' `AttentionInterface` (idempotent) and install the config flow.
 
     `module`: the `paddleformers.nn.attention.interface` module (or the `AttentionInterface` class); imported
-    when omitted. `guard=True` registers a placeholder that raises an error naming PADDLEMIX_PSA_AUTOLOAD
-    (used when automatic registration is switched off). Re-registering a different object raises.
+    when omitted. Re-registering a different object raises.
     """
     iface = _interface(module)
-    current = iface._global_mapping.get(KEY)
-    target = _psa_unavailable if guard else psa_attention_forward
+    current = _lookup(iface, KEY)
     if current is not None and current not in (psa_attention_forward, _psa_unavailable):
         raise RuntimeError(f"AttentionInterface already maps {KEY!r} to {current!r}, not paddlemix_psa's "
                            f"psa_attention_forward; refusing to replace it")
-    if guard and current is psa_attention_forward:
-        return True                                    # never downgrade a real registration
-    if current is not target:
-        iface.register(KEY, target)
-        if not guard:
-            logger.info("paddlemix_psa: registered attn_implementation='psa' with PaddleFormers")
-    _STATE["mode"], _STATE["why"] = ("guard", why) if guard else ("active", "")
+    if current is not psa_attention_forward:
+        iface.register(KEY, psa_attention_forward)
+        if _lookup(iface, KEY) is not psa_attention_forward:
+            raise RuntimeError(f"AttentionInterface.register({KEY!r}, ...) did not take effect; paddlemix_psa "
+                               f"supports PaddleFormers {', '.join(SUPPORTED_VERSIONS)}")
+        logger.info("paddlemix_psa: registered attn_implementation='psa' with PaddleFormers")
+    _STATE["mode"], _STATE["why"] = "active", ""
     for name in (QWEN_CONFIG_MODULE, QWEN_MODELING_MODULE):
         if name in sys.modules:
             install_config_flow(sys.modules[name])
-    return not guard
+    return True
 
 
 # ------------------------------------------------------------------------------------------------ config flow

@@ -1,4 +1,4 @@
-"""PaddleMIX adapter: `psa` vision and language attention classes for Qwen2.5-VL (HOSTS.md §2).
+"""PaddleMIX adapter: `psa` vision and language attention classes for Qwen2.5-VL (docs/HOSTS.md §2).
 
 PaddleMIX picks attention *classes* at construction from two module-level dicts,
 `QWEN2_5_VL_VISION_ATTENTION_CLASSES` and `QWEN2_5_VL_ATTENTION_CLASSES`. `register_paddlemix(module=M)` builds
@@ -51,7 +51,7 @@ def _make_vision_class(M):
     parent = M.QWEN2_5_VL_VISION_ATTENTION_CLASSES["eager"]
 
     class PsaQwen2_5_VLVisionAttention(parent):
-        """Vision attention for `attn_implementation="psa"`: dense in v1 (HOSTS.md §4), counted per layer."""
+        """Vision attention for `attn_implementation="psa"`: dense in v1 (docs/HOSTS.md §4), counted per layer."""
 
         _psa_host_module = M
 
@@ -94,7 +94,7 @@ def _make_text_class(M):
 
     class PsaQwen2_5_VLAttention(parent):
         """Language-model attention for `attn_implementation="psa"`: PSA on prefill, the parent's eager math
-        otherwise (HOSTS.md §4). Accepts every parameter of the installed parent plus **kwargs."""
+        otherwise (docs/HOSTS.md §4). Accepts every parameter of the installed parent plus **kwargs."""
 
         _psa_host_module = M
         _psa_parent_params = tuple(names)
@@ -148,7 +148,7 @@ def _make_text_class(M):
 
 
 def _mirror_signature(cls, parent) -> None:
-    """`cls.forward` shows the installed parent's parameters, plus **kwargs (HOSTS.md §2.5)."""
+    """`cls.forward` shows the installed parent's parameters, plus **kwargs (docs/HOSTS.md §2.5)."""
     sig = inspect.signature(parent.forward)
     params = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
     params.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
@@ -186,8 +186,8 @@ def _ours(cls) -> bool:
 def register_paddlemix(module=None, *, guard: bool = False, why: str = "") -> bool:
     """Insert `psa` into both Qwen2.5-VL attention dicts of `module` (a module object, or imported by name).
 
-    Idempotent. `guard=True` inserts classes that raise an error naming PADDLEMIX_PSA_AUTOLOAD. A different
-    class already registered under `psa` raises.
+    Idempotent. `guard=True` (after a failed registration, `mark_failed`) inserts classes that raise the
+    plugin's error naming `why`. A different class already registered under `psa` raises.
     """
     M = _resolve_module(module)
     tables = (getattr(M, VISION_DICT), getattr(M, TEXT_DICT))
@@ -222,8 +222,32 @@ def register_paddlemix(module=None, *, guard: bool = False, why: str = "") -> bo
 def is_registered(module=None) -> bool:
     mods = [module] if module is not None else (_STATE["modules"] or
                                                  [m for m in [sys.modules.get(MODULE_NAME)] if m is not None])
-    return any(_ours(getattr(m, VISION_DICT, {}).get(KEY)) and _ours(getattr(m, TEXT_DICT, {}).get(KEY))
-               for m in mods)
+    return any(_ours(_table(m, VISION_DICT).get(KEY)) and _ours(_table(m, TEXT_DICT).get(KEY)) for m in mods)
+
+
+def _table(module, name: str) -> dict:
+    table = getattr(module, name, None)
+    return table if isinstance(table, dict) else {}
+
+
+def not_registered_reason() -> str:
+    """Why `psa` is not registered with PaddleMIX ("" when it is)."""
+    if is_registered():
+        return ""
+    if _STATE["why"]:
+        return _STATE["why"]
+    return "PaddleMIX's Qwen2.5-VL modeling is not imported" if sys.modules.get(MODULE_NAME) is None else \
+        "'psa' is not in its attention class tables"
+
+
+def mark_failed(module, why: str) -> None:
+    """Registration failed: remember `why`; selecting `psa` then raises the plugin's error naming it (the
+    placeholder classes go in where the host's tables still allow it)."""
+    _STATE.update(mode="failed", why=why)
+    try:
+        register_paddlemix(module=module, guard=True, why=why)
+    except Exception:  # noqa: BLE001 - the cause is already warned; the host may be too broken for tables
+        pass
 
 
 # ------------------------------------------------------------------------------------------------ config flow

@@ -1,4 +1,4 @@
-"""The one policy module: which Qwen2.5-VL attention call runs PSA and which stays dense (HOSTS.md §4).
+"""The one policy module: which Qwen2.5-VL attention call runs PSA and which stays dense (docs/HOSTS.md §4).
 
 Both host adapters (`paddleformers.py`, `paddlemix.py`) ask `text_decision(...)` / `vision_decision(...)` and
 then either call `run_psa(...)` or their host's own dense attention. Every dense call is counted here, per
@@ -28,10 +28,10 @@ from typing import Any
 from ..config import AttentionConfig
 from ..statistics import REGISTRY, PSAStats
 
-HEAD_DIMS = (64, 80, 96, 128)                       # PSA-SPEC §1
+HEAD_DIMS = (64, 80, 96, 128)                       # docs/ALGORITHM.md §1
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 # Vision PSA is not offered in v1: the vision tower's attention is a few percent of its compute and its
-# window segments hold ~64 patches (HOSTS.md §4); a non-causal opt-in (PSA-SPEC §6.4) for the full-attention
+# window segments hold ~64 patches (docs/HOSTS.md §4); a non-causal opt-in (PSA-SPEC §6.4) for the full-attention
 # layers comes only once a measurement shows it pays.
 
 EXPECTED = {"decode": True, "short": True, "vision_window": True, "vision_dense": True,
@@ -184,16 +184,24 @@ class LayerStats:
         return s
 
 
+_STATS_LOCK = threading.Lock()      # one lock for creating and updating per-layer records (threads share layers)
+
+
 def layer_stats(module: Any) -> LayerStats:
     rec = module.__dict__.get(STATS_ATTR)
     if rec is None:
-        rec = LayerStats()
-        object.__setattr__(module, STATS_ATTR, rec)
+        with _STATS_LOCK:
+            rec = module.__dict__.get(STATS_ATTR)
+            if rec is None:
+                rec = LayerStats()
+                object.__setattr__(module, STATS_ATTR, rec)
     return rec
 
 
 def record_fallback(module: Any, decision: Decision) -> None:
-    layer_stats(module).fallbacks[decision.reason] += 1
+    rec = layer_stats(module)
+    with _STATS_LOCK:
+        rec.fallbacks[decision.reason] += 1
     REGISTRY.record_fallback(decision.reason, expected=decision.expected, detail=decision.detail)
 
 
@@ -202,13 +210,16 @@ def run_psa(module: Any, q, k, v, config: AttentionConfig, *, scale: float | Non
     from ..ops.attention import psa_attention
 
     rec = layer_stats(module)
+    st = None
     if REGISTRY.enabled:
         out, st = psa_attention(q, k, v, config=config, causal=True, scale=scale, layout="BHSD",
                                 return_stats=True)
-        rec.items.append(st)
     else:
         out = psa_attention(q, k, v, config=config, causal=True, scale=scale, layout="BHSD")
-    rec.psa_calls += 1
+    with _STATS_LOCK:
+        if st is not None:
+            rec.items.append(st)
+        rec.psa_calls += 1
     return out
 
 

@@ -1,0 +1,98 @@
+"""Host glue edges: broken hosts answer `is_registered() == False` with a reason, the registry lookup uses the
+public mapping API (the private dict only as a guarded fallback), per-layer statistics are thread-safe."""
+import logging
+import sys
+import threading
+import types
+
+import pytest
+
+pytest.importorskip("paddleformers")
+from paddleformers.nn.attention.interface import AttentionInterface  # noqa: E402
+
+import paddlemix_psa  # noqa: E402
+from paddlemix_psa import integrations as integ  # noqa: E402
+from paddlemix_psa.integrations import paddleformers as pfm  # noqa: E402
+from paddlemix_psa.integrations import paddlemix as mix  # noqa: E402
+from paddlemix_psa.integrations import qwen2_5_vl as policy  # noqa: E402
+from paddlemix_psa.statistics import REGISTRY  # noqa: E402
+
+integ.register("paddleformers")
+
+
+def test_installed_paddleformers_is_a_supported_version():
+    import paddleformers
+
+    assert ".".join(paddleformers.__version__.split(".")[:2]) in pfm.SUPPORTED_VERSIONS
+
+
+def test_lookup_uses_the_public_mapping_api():
+    assert pfm._lookup(AttentionInterface, "psa") is pfm.psa_attention_forward
+    assert pfm._lookup(AttentionInterface, "no such key") is None
+    assert pfm._host_dense() is AttentionInterface()["sdpa"]
+
+
+def test_private_registry_only_as_a_guarded_fallback():
+    class OldStyle:                               # a release without the mapping API
+        _global_mapping = {"psa": "fn"}
+
+        def __init__(self):
+            raise TypeError("not instantiable")
+
+    assert pfm._lookup(OldStyle, "psa") == "fn"
+
+    class Unusable:
+        pass
+
+    with pytest.raises(TypeError, match=r"supports PaddleFormers 1\.0, 1\.1, 1\.2"):
+        pfm._lookup(Unusable, "psa")
+
+
+def test_register_that_does_not_take_effect_names_the_supported_versions():
+    class Inert(dict):
+        @classmethod
+        def register(cls, key, value):
+            pass
+
+    fake = types.SimpleNamespace(AttentionInterface=Inert)
+    with pytest.raises(RuntimeError, match=r"did not take effect; paddlemix_psa supports PaddleFormers 1\.0"):
+        pfm.register_paddleformers(fake)
+
+
+def test_is_registered_is_false_with_a_reason_for_a_broken_host(monkeypatch):
+    assert integ.is_registered("paddleformers") and integ.not_registered_reason("paddleformers") == ""
+    monkeypatch.setitem(sys.modules, pfm.INTERFACE_MODULE, types.ModuleType(pfm.INTERFACE_MODULE))
+    assert integ.is_registered("paddleformers") is False
+    assert "AttentionInterface is unusable" in integ.not_registered_reason("paddleformers")
+    broken_mix = types.ModuleType(mix.MODULE_NAME)
+    broken_mix.QWEN2_5_VL_ATTENTION_CLASSES = None          # not a dict
+    monkeypatch.setitem(sys.modules, mix.MODULE_NAME, broken_mix)
+    monkeypatch.setitem(mix._STATE, "modules", [])
+    assert integ.is_registered("paddlemix") is False and integ.not_registered_reason("paddlemix")
+    assert integ.is_registered() is False
+
+
+def test_fallback_log_names_the_real_function(caplog):
+    caplog.set_level(logging.INFO, logger="paddlemix_psa")
+    REGISTRY.record_fallback("test_only_reason", expected=True)
+    msg = [r.getMessage() for r in caplog.records if "test_only_reason" in r.getMessage()]
+    assert msg and "paddlemix_psa.stats()" in msg[0] and callable(paddlemix_psa.stats)
+
+
+def test_layer_stats_creation_and_counts_are_thread_safe():
+    modules = [types.SimpleNamespace() for _ in range(1500)]
+    decision = policy._dense("decode")
+    start = threading.Barrier(4)
+
+    def work():
+        start.wait()
+        for m in modules:
+            policy.record_fallback(m, decision)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    counts = [policy.layer_stats(m).fallbacks["decode"] for m in modules]
+    assert sum(counts) == 4 * len(modules) and set(counts) == {4}
