@@ -464,7 +464,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"paired (n={p['n']}): PSA - dense = {_fmt(p['difference'], '+.3f')} "
                      f"(PSA only right {p['psa_only_correct']}, dense only right {p['dense_only_correct']}); "
                      f"exact McNemar p = {p['mcnemar_p']:.4g}")
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 __all__ = ["EvalItem", "BadRecord", "EvalDataError", "ADAPTERS", "MODES", "ANSWER_INSTRUCTION", "field_map",
