@@ -57,6 +57,29 @@ def test_smart_resize_examples():
         media.smart_resize(10, 5000)
 
 
+@settings(max_examples=300, deadline=None)
+@given(h=st.integers(15, 6000), w=st.integers(15, 6000), budget=st.integers(8, 20000))
+def test_smart_resize_equals_the_hosts(h, w, budget):
+    """The decode-time resize (needed before any processor, and without PaddleFormers for PaddleMIX) gives the
+    size Qwen's own smart_resize gives, so the host processor's resize is an identity on our images. They part
+    only where the host's answer breaks its own ceiling (a side clamped to 28 px; also a budget at the 4-token
+    floor, left out here); ours keeps the ceiling there."""
+    pytest.importorskip("paddleformers")
+    from paddleformers.transformers.qwen2_vl.image_processor_fast import smart_resize as host_smart_resize
+
+    if max(h, w) / min(h, w) > media.MAX_ASPECT_RATIO:
+        return
+    max_pixels = budget * 28 * 28
+    min_pixels = min(media.MIN_PIXELS, max_pixels)
+    ours = media.smart_resize(h, w, min_pixels=min_pixels, max_pixels=max_pixels)
+    host = tuple(host_smart_resize(h, w, factor=28, min_pixels=min_pixels, max_pixels=max_pixels))
+    if host[0] * host[1] <= max_pixels:
+        assert ours == host
+    else:
+        assert ours[0] * ours[1] <= max_pixels
+    assert tuple(host_smart_resize(*ours, factor=28, min_pixels=min_pixels, max_pixels=max_pixels)) == ours
+
+
 def test_frame_budget_shares_total():
     few = media.frame_pixel_budget(4)
     many = media.frame_pixel_budget(512)
@@ -301,9 +324,14 @@ def test_big_png_is_reduced_before_resampling(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------------------- video sampling
 def test_image_given_as_video_is_rejected(tmp_path):
+    from _cli import run_cli
+
     path = make_sample_image(tmp_path / "still.png", 112, 84)
     with pytest.raises(MediaError, match="is a still image .*not a video: use --type image"):
         media.load_video(path, quiet=True)
+    proc = run_cli("infer", "--model", "tiny", "--type", "video", "--input", str(path), "--prompt", "x", "--quiet",
+                   timeout=120)
+    assert proc.returncode == 3 and "still image (png_pipe)" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_video_without_duration_is_sampled_while_decoding(tmp_path):
