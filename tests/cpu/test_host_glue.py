@@ -96,3 +96,56 @@ def test_layer_stats_creation_and_counts_are_thread_safe():
         t.join()
     counts = [policy.layer_stats(m).fallbacks["decode"] for m in modules]
     assert sum(counts) == 4 * len(modules) and set(counts) == {4}
+
+
+# ------------------------------------------------------------------------------------------ host generate()
+def test_paddleformers_generate_recomputes_the_prefix():
+    """The host behaviour QwenVLInference works around (docs/HOSTS.md §1.7): every generate() step re-runs the
+    whole prefix, even with use_cache=True; QwenVLInference's own loop prefills once, then one token a step."""
+    import paddle
+
+    from paddlemix_psa.app.tiny import build_tiny_model
+
+    model, _ = build_tiny_model(0)
+    seen, dense = [], AttentionInterface()["sdpa"]
+
+    def record(module, q, k, v, *args, **kwargs):
+        if getattr(module, "layer_idx", None) == 0 and module.is_causal:
+            seen.append(q.shape[2])
+        return dense(module, q, k, v, *args, **kwargs)
+
+    AttentionInterface.register("test_record_lengths", record)
+    model.config.text_config._attn_implementation = "test_record_lengths"
+    with paddle.no_grad():
+        model.generate(input_ids=paddle.to_tensor([[256] + list(range(1, 40))]), max_new_tokens=3,
+                       decode_strategy="greedy_search", use_cache=True)
+    assert seen == [40, 41, 42]
+
+
+class _FakeMixModel:
+    """Counts full forwards; generate() returns new token ids the way PaddleMIX does."""
+
+    def __init__(self):
+        self.forwards = 0
+
+    def __call__(self, **inputs):
+        import paddle
+
+        self.forwards += 1
+        return types.SimpleNamespace(logits=paddle.zeros([1, 5, 7]))
+
+    def generate(self, **inputs):
+        import paddle
+
+        return paddle.to_tensor([[3, 4, 2]])
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_paddlemix_path_runs_no_extra_prefill_unless_logits_are_kept(keep):
+    from paddlemix_psa.app.inference import QwenVLInference
+
+    app = object.__new__(QwenVLInference)                    # the generate step alone, without loading weights
+    app.model, app.keep_prefill_logits, app.eos_ids = _FakeMixModel(), keep, {2}
+    ids, last, full, t_pre, _ = app._host_generate({"input_ids": None}, 3)
+    assert ids == [3, 4] and app.model.forwards == int(keep)
+    assert (last is not None, full is not None, t_pre > 0) == (keep, keep, keep)

@@ -14,7 +14,8 @@ Real weights (the default, ``Qwen/Qwen2.5-VL-7B-Instruct``) load through the hos
 pipeline then runs offline, and its text is meaningless.
 
 Generation is greedy. On PaddleFormers it is driven step by step with a ``DynamicCache`` (one prefill, then one
-token per step), because the host's ``generate()`` re-runs the whole prefix every step (HOSTS.md §1.7); PSA acts
+token per step), because the host's ``generate()`` re-runs the whole prefix every step (docs/HOSTS.md §1.7;
+measured on PaddleFormers 1.2, with and without ``use_cache=True``); PSA acts
 on the prefill, decode steps are dense (counted as ``decode``).
 """
 from __future__ import annotations
@@ -54,6 +55,7 @@ class InferenceResult:
     decode_s: float
     media: dict[str, Any] = dataclasses.field(default_factory=dict)
     last_logits: np.ndarray | None = dataclasses.field(default=None, repr=False)     # [vocab], prefill's last row
+    # (None on the PaddleMIX path unless keep_prefill_logits: reading it would cost one extra prefill)
     prefill_logits: np.ndarray | None = dataclasses.field(default=None, repr=False)  # [L, vocab] when kept
 
     @property
@@ -382,12 +384,17 @@ class QwenVLInference:
         return ids, last, full, t_pre, t_dec
 
     def _host_generate(self, inputs: dict[str, Any], max_new_tokens: int):
-        """PaddleMIX: its own `generate()` (greedy); prefill logits from one extra forward when kept."""
-        t0 = time.perf_counter()
-        out = self.model(**inputs, return_dict=True)
-        last = out.logits[0, -1].astype("float32").numpy()
-        full = out.logits[0].astype("float32").numpy() if self.keep_prefill_logits else None
-        t_pre = time.perf_counter() - t0
+        """PaddleMIX: its own `generate()` (greedy, with its KV cache). Only with `keep_prefill_logits` does one
+        extra full prefill forward run, to read the logits and time the prefill; otherwise generate() covers
+        both and its time is reported as decode time (prefill_s = 0)."""
+        last = full = None
+        t_pre = 0.0
+        if self.keep_prefill_logits:
+            t0 = time.perf_counter()
+            out = self.model(**inputs, return_dict=True)
+            last = out.logits[0, -1].astype("float32").numpy()
+            full = out.logits[0].astype("float32").numpy()
+            t_pre = time.perf_counter() - t0
         t1 = time.perf_counter()
         gen = self.model.generate(**inputs, max_new_tokens=max_new_tokens, decode_strategy="greedy_search")
         seq = gen[0] if isinstance(gen, (tuple, list)) else gen

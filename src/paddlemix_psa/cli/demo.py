@@ -59,7 +59,8 @@ def compare(dense, psa) -> dict[str, Any]:
         out["logits_cosine"] = cosine(a, b)
         out["rel_l1"] = float(np.abs(a - b).sum() / max(np.abs(a).sum(), 1e-30))
         out["top1_agreement"] = float((a.argmax(-1) == b.argmax(-1)).mean())
-    out["last_logits_cosine"] = cosine(dense.last_logits, psa.last_logits)
+    if dense.last_logits is not None and psa.last_logits is not None:
+        out["last_logits_cosine"] = cosine(dense.last_logits, psa.last_logits)
     out["same_tokens"] = dense.token_ids == psa.token_ids
     return out
 
