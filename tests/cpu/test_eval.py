@@ -293,3 +293,25 @@ def test_eval_other_layout_and_cli_errors(mini, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["eval", "--data", "x.json", "--modes", "dense,sparse"])
     assert e.value.code == 2 and "expected a comma list of distinct modes" in capsys.readouterr().err
+
+
+def test_unexpected_decoder_failure_is_that_items_error(mini, tmp_path, monkeypatch):
+    from paddlemix_psa.app import media
+    from paddlemix_psa.app.inference import QwenVLInference
+
+    real = media.load_video
+
+    def flaky(path, **kw):
+        if str(path).endswith("clip1.mp4"):
+            raise RuntimeError("decoder crashed\nsecond line")
+        return real(path, **kw)
+
+    monkeypatch.setattr(media, "load_video", flaky)
+    items, bad = ev.load_items(mini / "videomme.json", video_dir=mini / "videos", limit=2)
+    app = QwenVLInference(use_psa=True, model="tiny", quiet=True)
+    out = tmp_path / "r.jsonl"
+    counts = ev.evaluate(app, items, bad, out, modes=("psa",), max_frames=2, max_new_tokens=1, progress=False)
+    assert counts == {"new": 1, "skipped": 0, "errors": 1}
+    recs = {r["item_id"]: r for r in _lines(out)}
+    assert recs["002-1"]["error"] == "video: RuntimeError: decoder crashed"
+    assert recs["001-1"]["error"] is None

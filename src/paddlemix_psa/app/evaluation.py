@@ -337,9 +337,12 @@ def evaluate(app: Any, items: Sequence[EvalItem], bad: Sequence[BadRecord], out_
                 continue
             try:
                 video = app.load_video(item.video_path, fps=fps, max_frames=max_frames)
-            except MediaError as e:
+            except (KeyboardInterrupt, MemoryError):
+                raise
+            except Exception as e:  # noqa: BLE001 - a decoder failure is this item's error, not the run's
+                why = str(e) if isinstance(e, MediaError) else _one_line(e)
                 for mode in pending:
-                    write(error_record(item.item_id, mode, f"video: {e}", item))
+                    write(error_record(item.item_id, mode, f"video: {why}", item))
                 continue
             prompt = build_prompt(item)
             for mode in pending:
@@ -351,10 +354,14 @@ def evaluate(app: Any, items: Sequence[EvalItem], bad: Sequence[BadRecord], out_
                 except (KeyboardInterrupt, MemoryError):
                     raise
                 except Exception as e:  # noqa: BLE001 - one bad item never stops the run
-                    first = (str(e).strip().splitlines() or [""])[0]
-                    rec = error_record(item.item_id, mode, f"{type(e).__name__}: {first}", item)
+                    rec = error_record(item.item_id, mode, _one_line(e), item)
                 write(rec)
     return counts
+
+
+def _one_line(e: BaseException) -> str:
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first}"
 
 
 def _done(rec: dict[str, Any] | None) -> bool:

@@ -154,7 +154,7 @@ def run_sweep(case: SweepCase, configs: Sequence[tuple[str, AttentionConfig]], *
 def _time(plan, run, repeats: int) -> dict[str, float]:
     """Median milliseconds of plan, run and both, after one warm-up (device synchronised around each)."""
     plans, runs = [], []
-    m = run(plan())
+    run(plan())                                    # warm-up: compilation and autotuning stay out of the times
     for _ in range(max(1, repeats)):
         _sync(True)
         t0 = time.perf_counter()
