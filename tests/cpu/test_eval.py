@@ -9,7 +9,9 @@ import pytest
 
 from paddlemix_psa.app import evaluation as ev
 from paddlemix_psa.app.samples import make_sample_video
+from paddlemix_psa.app.tiny import TINY_PSA_CONFIG
 from paddlemix_psa.cli.main import main
+from paddlemix_psa.config import AttentionConfig
 
 OPTIONS = ["A. a red square", "B. a blue disc", "C. the sun", "D. nothing moves"]
 
@@ -174,6 +176,13 @@ def _rec(i, mode, correct, duration, **extra):
             "no_letter": False, "prefill_s": 1.0, "sparsity": None, "error": None, **extra}
 
 
+def test_running_accuracy_postfix():
+    recs = [_rec(0, "dense", 1, "short"), _rec(1, "dense", 0, "short"), _rec(0, "psa", 1, "short"),
+            _rec(1, "psa", 0, "short", error="video: x")]
+    assert ev.running_accuracy(recs, ("dense", "psa")) == "dense=0.50 psa=1.00"
+    assert ev.running_accuracy([], ("dense", "psa")) == "dense=- psa=-"
+
+
 def test_summary_arithmetic():
     dense = [1, 1, 1, 0, 1, 0, 0, 0]
     psa = [1, 1, 0, 1, 1, 1, 1, 0]
@@ -244,6 +253,7 @@ def test_eval_tiny_end_to_end_schema_errors_and_resume(mini, tmp_path, capsys):
     summary = json.loads((tmp_path / "res.summary.json").read_text())
     assert summary["modes"]["dense"]["overall"]["n"] == 1 and summary["modes"]["psa"]["errors"] == 3
     assert summary["paired"]["n"] == 1 and summary["model"] == "tiny" and "meaningless" in summary["note"]
+    assert summary["psa_config_id"] == psa["psa_config_id"] == ev.config_id(AttentionConfig.coerce(TINY_PSA_CONFIG))
     assert "95% CI (Wilson)" in text and "exact McNemar p" in text
 
     # resume: nothing done is redone; errors (video problems) are retried, an identical malformed record is not

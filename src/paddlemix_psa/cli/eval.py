@@ -106,7 +106,8 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise CliError(str(e), exit_codes.CONFIG) from None
     summary = ev.summarize(ev.read_results(args.out), args.modes)
-    summary.update(model=app.model_name, host=app.host, psa_config=cfg.to_dict(), data=str(args.data),
+    summary.update(model=app.model_name, host=app.host, psa_config=cfg.to_dict(), psa_config_id=ev.config_id(cfg),
+                   data=str(args.data),
                    fps=args.fps, max_frames=args.max_frames, runs=counts)
     if app.is_tiny:
         from ..app.tiny import MEANINGLESS
