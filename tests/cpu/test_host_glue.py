@@ -149,3 +149,19 @@ def test_paddlemix_path_runs_no_extra_prefill_unless_logits_are_kept(keep):
     ids, last, full, t_pre, _ = app._host_generate({"input_ids": None}, 3)
     assert ids == [3, 4] and app.model.forwards == int(keep)
     assert (last is not None, full is not None, t_pre > 0) == (keep, keep, keep)
+
+
+def test_resaved_checkpoint_workaround(tmp_path):
+    """README pitfall: PaddleFormers' default reload of a save_pretrained Qwen2.5-VL fails on qkv_proj.bias
+    (without the plugin too); load_checkpoint_format="safetensors" loads it."""
+    import paddle
+    from paddleformers.transformers.qwen2_5_vl.configuration import Qwen2_5_VLConfig
+    from paddleformers.transformers.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration as Model
+
+    from paddlemix_psa.app.tiny import tiny_config_dict
+
+    paddle.seed(0)
+    Model(Qwen2_5_VLConfig(**tiny_config_dict())).save_pretrained(str(tmp_path))
+    with pytest.raises(Exception, match="qkv_proj.bias"):
+        Model.from_pretrained(str(tmp_path))
+    assert Model.from_pretrained(str(tmp_path), load_checkpoint_format="safetensors") is not None
