@@ -90,7 +90,7 @@ def test_size_cap_stops_streaming_without_content_length(tmp_path, monkeypatch):
         _fails(f"{base}/v.mp4", tmp_path, "stopped", max_bytes=1 << 20)
         monkeypatch.setenv("PADDLEMIX_PSA_MAX_DOWNLOAD_MB", "0.5")
         msg = _fails(f"{base}/w.mp4", tmp_path, "stopped", kind="video")
-    assert "0.5 MiB limit for videos" in msg
+    assert "512.0 KiB limit for videos" in msg
 
 
 def test_cap_from_env_is_validated(tmp_path, monkeypatch):
@@ -226,3 +226,16 @@ def test_cli_download_failures_exit_3_in_one_line(tmp_path, case, match):
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert match in proc.stderr and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert _leftovers(tmp_path / "media") == []
+
+
+def test_api_download_cap(tmp_path):
+    """`QwenVLInference(max_download_mb=...)` caps URL inputs as `--max-download-mb` does."""
+    from paddlemix_psa.app.inference import QwenVLInference
+
+    with pytest.raises(ValueError, match="max_download_mb=-1 is invalid"):
+        QwenVLInference(model="tiny", quiet=True, max_download_mb=-1)
+    app = QwenVLInference(model="tiny", quiet=True, cache_dir=str(tmp_path), max_download_mb=0.005)
+    with raw_server(lambda path, c: c.sendall(response(BODY))) as (base, seen):
+        with pytest.raises(DownloadError, match=r"above the 5.1 KiB limit for images"):
+            app.inference_image(f"{base}/a.png", "x", max_new_tokens=1)
+    assert _leftovers(tmp_path) == []

@@ -284,6 +284,8 @@ def _content_length(value: str | None) -> int | None:
 
 
 def _mb(n: int) -> str:
+    if n < MIB:
+        return f"{n / 1024:.1f} KiB"
     return f"{n / MIB:.1f} MiB" if n < 1024 * MIB else f"{n / (1024 * MIB):.2f} GiB"
 
 

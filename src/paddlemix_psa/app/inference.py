@@ -142,6 +142,8 @@ class QwenVLInference:
         host: ``"paddleformers"`` or ``"paddlemix"``.
         max_pixels / min_pixels: pixel budget per image or video frame (Qwen2.5-VL's smart resize, factor 28).
         quiet: no progress bars.
+        max_download_mb: size cap for http(s) inputs (default 64 MiB images, 4 GiB videos, or
+            ``PADDLEMIX_PSA_MAX_DOWNLOAD_MB``); ``cache_dir``: where downloads are cached.
         dtype: weights dtype for real models (default bfloat16 on GPU, float32 on CPU).
         keep_prefill_logits: keep the whole prefill logits (used by the demo's PSA-vs-dense comparison).
     """
@@ -149,7 +151,8 @@ class QwenVLInference:
     def __init__(self, use_psa: bool = True, model: str = DEFAULT_MODEL, psa_config: Any = None,
                  host: str = "paddleformers", max_pixels: int | None = None, quiet: bool = False, *,
                  min_pixels: int | None = None, dtype: str | None = None, cache_dir: str | None = None,
-                 seed: int = 0, keep_prefill_logits: bool = False, plot_layer: int = 0) -> None:
+                 seed: int = 0, keep_prefill_logits: bool = False, plot_layer: int = 0,
+                 max_download_mb: float | None = None) -> None:
         if host not in HOSTS:
             raise ValueError(f"host={host!r} is invalid: valid hosts are {list(HOSTS)}")
         self.model_name = str(model)
@@ -161,6 +164,10 @@ class QwenVLInference:
         self.max_pixels = max_pixels
         self.min_pixels = min_pixels or media.MIN_PIXELS
         self.cache_dir = cache_dir
+        if max_download_mb is not None and not (isinstance(max_download_mb, (int, float)) and 0 < max_download_mb
+                                                < float("inf")):
+            raise ValueError(f"max_download_mb={max_download_mb!r} is invalid: use a positive number of MiB or None")
+        self.max_download_bytes = int(max_download_mb * (1 << 20)) if max_download_mb is not None else None
         self.keep_prefill_logits = keep_prefill_logits
         self.plot_layer = plot_layer
         if psa_config is None and self.is_tiny:
@@ -284,14 +291,14 @@ class QwenVLInference:
                                       max_pixels=self.max_pixels or media.MAX_PIXELS)
             return img if (w, h) == img.size else img.resize((w, h), Image.BICUBIC)
         return media.load_image(path_or_url, max_pixels=self.max_pixels, min_pixels=self.min_pixels,
-                                cache_dir=self.cache_dir, quiet=self.quiet)
+                                cache_dir=self.cache_dir, quiet=self.quiet, max_download_bytes=self.max_download_bytes)
 
     def load_video(self, path_or_url, fps: float = 1.0, max_frames: int = media.DEFAULT_MAX_FRAMES) -> media.Video:
         """Sampled, resized frames; a `media.Video` passes through."""
         if isinstance(path_or_url, media.Video):
             return path_or_url
         return media.load_video(path_or_url, fps=fps, max_frames=max_frames, max_pixels=self.max_pixels,
-                                cache_dir=self.cache_dir, quiet=self.quiet)
+                                cache_dir=self.cache_dir, quiet=self.quiet, max_download_bytes=self.max_download_bytes)
 
     def inference_image(self, path_or_url: str, prompt: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                         ) -> InferenceResult:
