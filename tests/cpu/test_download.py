@@ -114,6 +114,17 @@ def test_total_deadline_stops_a_drip(tmp_path):
         assert time.monotonic() - t0 < 3.0
 
 
+def test_total_deadline_stops_a_dripping_status_line(tmp_path):
+    def drip_head(path, c):
+        for byte in b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\n" * 20:
+            c.sendall(bytes([byte]))
+            time.sleep(0.05)
+    with raw_server(drip_head) as (base, _):
+        t0 = time.monotonic()
+        _fails(f"{base}/h.png", tmp_path, "took longer than the 1 s deadline", timeout=3, deadline=1.0)
+        assert time.monotonic() - t0 < 2.5
+
+
 def test_redirect_to_another_scheme_is_refused(tmp_path):
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(1.5)

@@ -4,8 +4,8 @@
   byte count matches Content-Length; on any failure, and on Ctrl-C, the temp file is deleted.
 - A size cap (64 MiB for images, 4 GiB for videos, or `PADDLEMIX_PSA_MAX_DOWNLOAD_MB` / `--max-download-mb`)
   refuses a too-large Content-Length before reading and stops streaming at the cap.
-- Besides the per-read socket timeout there is a total deadline (checked after every read, so it is overrun by
-  at most one read timeout).
+- Besides the per-read socket timeout there is a total deadline over connecting, headers and body: a watchdog
+  shuts the socket down when it passes, so a server that drips bytes cannot keep a read alive.
 - Only http and https are followed, at every redirect hop.
 - One download per URL at a time, across threads and processes (a file lock); the others reuse its file.
 - A body whose Content-Type says it is not media (an HTML error page, JSON, ...) is refused.
@@ -18,6 +18,7 @@ import http.client
 import logging
 import os
 import re
+import socket
 import tempfile
 import threading
 import time
@@ -215,53 +216,125 @@ class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
 def _fetch(url: str, fh: BinaryIO, *, kind: str | None, cap: int, quiet: bool, timeout: float, deadline: float,
            label: str) -> None:
     """Stream the body of `url` into `fh`, enforcing the cap, the deadline, the byte count and the type."""
-    from tqdm.auto import tqdm
-
-    start = time.monotonic()
-    opener = urllib.request.build_opener(_HttpOnlyRedirects)
+    watchdog = _Watchdog(deadline)
+    opener = urllib.request.build_opener(_HttpOnlyRedirects, _DeadlineHTTPHandler(watchdog),
+                                         _DeadlineHTTPSHandler(watchdog))
     request = urllib.request.Request(url, headers={"User-Agent": "paddlemix-psa"})
+    late = f"download failed: {url} took longer than the {deadline:g} s deadline"
     try:
         with opener.open(request, timeout=min(timeout, deadline)) as resp:
-            _check_content_type(resp.headers.get("Content-Type"), kind, url)
-            declared = _content_length(resp.headers.get("Content-Length"))
-            if declared is not None and declared > cap:
-                raise DownloadError(f"download refused: {url} is {_mb(declared)} (Content-Length), above the "
-                                    f"{_mb(cap)} limit{_for(kind)}; {_RAISE_CAP}")
-            got = 0
-            with tqdm(total=declared, unit="B", unit_scale=True, desc=f"download {label}", disable=quiet,
-                      leave=False) as bar:
-                while True:
-                    if time.monotonic() - start > deadline:
-                        raise DownloadError(f"download failed: {url} took longer than the {deadline:g} s deadline "
-                                            f"({got} bytes received)")
-                    chunk = resp.read1(CHUNK_BYTES)      # at most one socket read: the deadline check runs often
-                    if not chunk:
-                        break
-                    got += len(chunk)
-                    if got > cap:
-                        raise DownloadError(f"download stopped: {url} passed the {_mb(cap)} limit{_for(kind)}; "
-                                            f"{_RAISE_CAP}")
-                    fh.write(chunk)
-                    bar.update(len(chunk))
+            got, declared = _stream(resp, fh, url=url, kind=kind, cap=cap, quiet=quiet, label=label,
+                                    watchdog=watchdog, late=late)
     except DownloadError:
         raise
-    except urllib.error.HTTPError as e:
-        raise DownloadError(f"download failed: HTTP {e.code} {e.reason} for {url}") from None
-    except urllib.error.URLError as e:
-        raise DownloadError(f"download failed: {_reason(e.reason)} for {url}") from None
-    except http.client.IncompleteRead as e:
-        raise DownloadError(f"download failed: truncated body from {url} (connection closed after "
-                            f"{len(e.partial)} bytes of a chunk)") from None
-    except http.client.HTTPException as e:        # BadStatusLine, RemoteDisconnected, LineTooLong, ...
-        raise DownloadError(f"download failed: malformed HTTP response from {url} "
-                            f"({type(e).__name__}: {_reason(e)})") from None
-    except (TimeoutError, OSError, ValueError) as e:
-        raise DownloadError(f"download failed: {_reason(e)} for {url}") from None
+    except Exception as e:
+        if watchdog.expired():                    # the watchdog cut a read that was still trickling in
+            raise DownloadError(late) from None
+        raise _one_line_error(e, url) from None
+    finally:
+        watchdog.cancel()
+    if watchdog.expired() and (declared is None or got != declared):     # EOF from the watchdog's shutdown
+        raise DownloadError(f"{late} ({got} bytes received)")
     if declared is not None and got != declared:
         raise DownloadError(f"download failed: truncated: received {got} of {declared} bytes (Content-Length) "
                             f"from {url}")
     if got == 0:
         raise DownloadError(f"download failed: empty body (0 bytes) from {url}")
+
+
+def _stream(resp, fh: BinaryIO, *, url: str, kind: str | None, cap: int, quiet: bool, label: str,
+            watchdog: _Watchdog, late: str) -> tuple[int, int | None]:
+    """(bytes written, Content-Length or None)."""
+    from tqdm.auto import tqdm
+
+    _check_content_type(resp.headers.get("Content-Type"), kind, url)
+    declared = _content_length(resp.headers.get("Content-Length"))
+    if declared is not None and declared > cap:
+        raise DownloadError(f"download refused: {url} is {_mb(declared)} (Content-Length), above the "
+                            f"{_mb(cap)} limit{_for(kind)}; {_RAISE_CAP}")
+    got = 0
+    with tqdm(total=declared, unit="B", unit_scale=True, desc=f"download {label}", disable=quiet,
+              leave=False) as bar:
+        while True:
+            if watchdog.expired():
+                raise DownloadError(f"{late} ({got} bytes received)")
+            chunk = resp.read1(CHUNK_BYTES)      # at most one socket read: the deadline check runs often
+            if not chunk:
+                return got, declared
+            got += len(chunk)
+            if got > cap:
+                raise DownloadError(f"download stopped: {url} passed the {_mb(cap)} limit{_for(kind)}; {_RAISE_CAP}")
+            fh.write(chunk)
+            bar.update(len(chunk))
+
+
+def _one_line_error(e: Exception, url: str) -> DownloadError:
+    if isinstance(e, urllib.error.HTTPError):
+        return DownloadError(f"download failed: HTTP {e.code} {e.reason} for {url}")
+    if isinstance(e, urllib.error.URLError):
+        return DownloadError(f"download failed: {_reason(e.reason)} for {url}")
+    if isinstance(e, http.client.IncompleteRead):
+        return DownloadError(f"download failed: truncated body from {url} (connection closed after "
+                             f"{len(e.partial)} bytes of a chunk)")
+    if isinstance(e, http.client.HTTPException):      # BadStatusLine, RemoteDisconnected, LineTooLong, ...
+        return DownloadError(f"download failed: malformed HTTP response from {url} ({type(e).__name__}: "
+                             f"{_reason(e)})")
+    if isinstance(e, (OSError, ValueError)):
+        return DownloadError(f"download failed: {_reason(e)} for {url}")
+    raise e
+
+
+class _Watchdog:
+    """The total deadline over every connection of one download: when it passes, the open socket is shut
+    down, which ends a read that a slow server keeps alive byte by byte (the per-read timeout cannot)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+        self.timers: list[threading.Timer] = []
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.end
+
+    def arm(self, sock) -> None:
+        timer = threading.Timer(max(0.0, self.end - time.monotonic()), _shutdown, (sock,))
+        timer.daemon = True
+        self.timers.append(timer)
+        timer.start()
+
+    def cancel(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
+
+
+def _shutdown(sock) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _watched(base: type, watchdog: _Watchdog) -> type:
+    class Watched(base):
+        def connect(self) -> None:
+            super().connect()
+            watchdog.arm(self.sock)
+    return Watched
+
+
+class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, watchdog: _Watchdog) -> None:
+        super().__init__()
+        self.connection = _watched(http.client.HTTPConnection, watchdog)
+
+    def http_open(self, req):
+        return self.do_open(self.connection, req)
+
+
+class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, watchdog: _Watchdog) -> None:
+        super().__init__()
+        self.connection = _watched(http.client.HTTPSConnection, watchdog)
+
+    def https_open(self, req):
+        return self.do_open(self.connection, req, context=self._context)
 
 
 _RAISE_CAP = f"raise it with --max-download-mb or {_env.MAX_DOWNLOAD_MB}"
