@@ -76,7 +76,7 @@ def sm90(tmp_path, monkeypatch):
         cfg._active = prev
 
 
-def _attn_variant(D, bq, bk, dtype, causal, levels, gqa_mask="per_head", lse=False):
+def _attn_variant(D, bq, bk, dtype, causal, levels, gqa_mask="per_head", lse=False, tma=True):
     from paddlemix_psa.kernels import attn_fwd
 
     B, Hq, Hkv, L = 1, 28, 4, 4096
@@ -87,10 +87,12 @@ def _attn_variant(D, bq, bk, dtype, causal, levels, gqa_mask="per_head", lse=Fal
     Hm = Hq if gqa_mask == "per_head" else Hkv
     nq, nk = -(-L // bq), -(-L // bk)
     lut, cnt = _Fake((B, Hm, nq, nk), "int32"), _Fake((B, Hm, nq, 4), "int32")
+    runs = _Fake((B, Hm, nq), "int32") if tma is not None else None
     grid, args, meta = attn_fwd._attn_launch_args(
         q, k, v, kp, vp, lut, cnt, _Fake(q.shape, dtype), query_block=bq, key_block=bk, causal=causal, scale=None,
         layout="BHSD", gqa_mask=gqa_mask, lse=_Fake((B, Hq, L), "float32") if lse else None, levels=levels,
-        block_n=None, num_warps=None, num_stages=None)
+        runs=runs, config=None if tma is None else {"use_tma": tma})
+    assert meta["USE_TMA"] == bool(tma)
     return attn_fwd._psa_attn_fwd_kernel.warmup(*args, grid=grid, **meta)
 
 
@@ -122,12 +124,16 @@ VARIANTS = _all_variants() if os.environ.get("PSA_COMPILE_ALL") == "1" else DEFA
 
 
 @pytest.mark.parametrize("D,bq,bk,dt,causal,levels", VARIANTS)
-def test_attn_compiles_for_sm90(sm90, D, bq, bk, dt, causal, levels):
-    kern = _attn_variant(D, bq, bk, dt, causal, levels)
+@pytest.mark.parametrize("tma", [True, False, None], ids=["runs-tma", "runs-gather", "no-runs"])
+def test_attn_compiles_for_sm90(sm90, D, bq, bk, dt, causal, levels, tma):
+    # TMA slabs are the sm_90 path; runs gathered through pointers are what sm_80/86/89 get
+    kern = _attn_variant(D, bq, bk, dt, causal, levels, tma=tma)
     shared = kern.metadata.shared
     assert 0 < shared <= SMEM_LIMIT, f"shared memory {shared} B exceeds {SMEM_LIMIT} B"
     if bq >= 64:  # a 32-row tile is below one warpgroup's wgmma M=64: Triton uses mma.sync there
         assert "wgmma" in kern.asm["ptx"], "expected Hopper wgmma instructions"
+    if tma:
+        assert "cp.async.bulk.tensor" in kern.asm["ptx"], "expected TMA loads for the level-1 runs"
 
 
 def test_attn_compiles_with_lse_and_kv_group_mask(sm90):

@@ -231,10 +231,12 @@ def run_pool_kernel(k, v, levels=(2, 4, 8), layout="BHSD"):
 
 
 def run_psa_kernel(q, k, v, level_map, *, query_block, key_block, causal=True, scale=None, layout="BHSD",
-                   gqa_mask="per_head", levels=None, lse=False, out=None, **kw):
+                   gqa_mask="per_head", levels=None, lse=False, out=None, runs=False, **config):
     """q, k, v given in ``layout``; the map in BHSD terms. Output poisoned with NaN before the call.
-    Returns (out in ``layout``, lse or None, (kp, vp))."""
-    from paddlemix_psa.kernels.attn_fwd import psa_attn_fwd
+    ``runs``: use psa_build_lut's index list with level-1 runs (slab loads) instead of the oracle's list.
+    ``config``: launch overrides (block_n, use_tma, ...). Returns (out in ``layout``, lse or None, (kp, vp))."""
+    from paddlemix_psa.kernels.attn_fwd import default_config, psa_attn_fwd, run_blocks_for
+    from paddlemix_psa.kernels.select import psa_build_lut
 
     if layout == "BHSD":
         Lq, Lk = q.shape[2], k.shape[2]
@@ -243,7 +245,17 @@ def run_psa_kernel(q, k, v, level_map, *, query_block, key_block, causal=True, s
     if levels is None:
         levels = (2, 4, 8)
     kp, vp = run_pool_kernel(k, v, levels=levels, layout=layout)
-    lut, cnt = build_lut(level_map, Lq=Lq, Lk=Lk, query_block=query_block, key_block=key_block, causal=causal)
+    run_t = None
+    if runs:
+        D = q.shape[-1]
+        block_n = config.get("block_n") or default_config(D, query_block, key_block, str(q.dtype))["block_n"]
+        lut = torch.full(level_map.shape, -7, device=q.device, dtype=torch.int32)
+        cnt = torch.full(level_map.shape[:3] + (4,), -7, device=q.device, dtype=torch.int32)
+        run_t = torch.full(level_map.shape[:3], -7, device=q.device, dtype=torch.int32)
+        psa_build_lut(level_map.contiguous(), lut, cnt, Lq=Lq, Lk=Lk, query_block=query_block,
+                      key_block=key_block, causal=causal, runs=run_t, run_blocks=run_blocks_for(block_n, key_block))
+    else:
+        lut, cnt = build_lut(level_map, Lq=Lq, Lk=Lk, query_block=query_block, key_block=key_block, causal=causal)
     if out is None:
         out = torch.full_like(q, float("nan"))
     lse_t = None
@@ -251,5 +263,5 @@ def run_psa_kernel(q, k, v, level_map, *, query_block, key_block, causal=True, s
         B, Hq = q.shape[0], (q.shape[1] if layout == "BHSD" else q.shape[2])
         lse_t = torch.full((B, Hq, Lq), float("nan"), device=q.device, dtype=torch.float32)
     psa_attn_fwd(q, k, v, kp, vp, lut, cnt, out, query_block=query_block, key_block=key_block, causal=causal,
-                 scale=scale, layout=layout, gqa_mask=gqa_mask, lse=lse_t, **kw)
+                 scale=scale, layout=layout, gqa_mask=gqa_mask, lse=lse_t, runs=run_t, config=config)
     return out, lse_t, (kp, vp)

@@ -31,23 +31,50 @@ def run_pool(k, v, levels=(2, 4, 8), layout="BHSD"):
     return kp, vp
 
 
+def build_lut_with_runs(M, *, Lq, Lk, query_block, key_block, causal, block_n):
+    """The kernel index list with level-1 runs for tile width ``block_n`` (psa_build_lut under the interpreter),
+    every output poisoned first. Returns (lut, counts, runs)."""
+    from paddlemix_psa.kernels.attn_fwd import run_blocks_for
+    from paddlemix_psa.kernels.select import psa_build_lut
+
+    B, H, nq, nk = M.shape
+    lut = np.full((B, H, nq, nk), -7, np.int32)
+    cnt = np.full((B, H, nq, 4), -7, np.int32)
+    runs = np.full((B, H, nq), -7, np.int32)
+    psa_build_lut(hv(np.ascontiguousarray(M)), hv(lut), hv(cnt), Lq=Lq, Lk=Lk, query_block=query_block,
+                  key_block=key_block, causal=causal, runs=hv(runs), run_blocks=run_blocks_for(block_n, key_block))
+    return lut, cnt, runs
+
+
 def run_psa(q, k, v, M, *, query_block, key_block, causal=True, scale=None, gqa_mask="per_head",
-            layout="BHSD", with_lse=False, kv_views=None, **kw):
+            layout="BHSD", with_lse=False, kv_views=None, runs=None, **config):
     """q, k, v BHSD numpy; M level map. Returns (out BHSD, lse or None). ``kv_views``: optional (k, v) arrays
-    already in ``layout`` (e.g. views into larger NaN-padded buffers) used instead of k, v."""
-    from paddlemix_psa.kernels.attn_fwd import psa_attn_fwd
+    already in ``layout`` (e.g. views into larger NaN-padded buffers) used instead of k, v. ``runs``: None (the
+    oracle's index list, no runs), "tma" or "gather" (psa_build_lut's list with level-1 runs, loaded as TMA
+    slabs or gathered). ``config``: launch overrides (block_n, block_n_pooled, ...)."""
+    from paddlemix_psa.kernels.attn_fwd import default_config, psa_attn_fwd
 
     Lq, Lk = q.shape[2], k.shape[2]
     present = sorted({int(x) for x in np.unique(M)} & {2, 4, 8})
     kl, vl = kv_views if kv_views is not None else (to_layout(k, layout), to_layout(v, layout))
     kp, vp = run_pool(k, v, levels=present, layout="BHSD")
-    lut, cnt = oracle.build_lut(M, Lq=Lq, Lk=Lk, query_block=query_block, key_block=key_block, causal=causal)
+    run_arg = None
+    if runs is None:
+        lut, cnt = oracle.build_lut(M, Lq=Lq, Lk=Lk, query_block=query_block, key_block=key_block, causal=causal)
+    else:
+        block_n = config.get("block_n") or default_config(q.shape[3], query_block, key_block,
+                                                          str(q.dtype))["block_n"]
+        lut, cnt, run_arg = build_lut_with_runs(M, Lq=Lq, Lk=Lk, query_block=query_block, key_block=key_block,
+                                                causal=causal, block_n=block_n)
+        run_arg = hv(run_arg)
+        config["use_tma"] = runs == "tma"
     ql = to_layout(q, layout)
     out = np.full_like(ql, np.nan)
     lse = np.full(q.shape[:3], np.nan, np.float32) if with_lse else None
     psa_attn_fwd(hv(ql), hv(kl), hv(vl), {p: hv(a) for p, a in kp.items()}, {p: hv(a) for p, a in vp.items()},
                  hv(lut), hv(cnt), hv(out), query_block=query_block, key_block=key_block, causal=causal,
-                 scale=scale, layout=layout, gqa_mask=gqa_mask, lse=hv(lse) if with_lse else None, **kw)
+                 scale=scale, layout=layout, gqa_mask=gqa_mask, lse=hv(lse) if with_lse else None, runs=run_arg,
+                 config=config)
     return from_layout(out, layout), lse
 
 

@@ -1,4 +1,4 @@
-"""psa_attn_fwd under the Triton interpreter vs the fp64 oracle (PSA-SPEC §4, §5, §11; T1-T4 on CPU)."""
+"""psa_attn_fwd under the Triton interpreter vs the fp64 oracle (docs/ALGORITHM.md §4, §5, §11; T1-T4 on CPU)."""
 import numpy as np
 import pytest
 
@@ -34,7 +34,6 @@ def test_all_level1_equals_dense(D, causal, Lq, Lk):
 @pytest.mark.parametrize("bk", [16, 32, 64, 128])
 @pytest.mark.parametrize("causal", [True, False])
 def test_random_maps_every_block_geometry(bq, bk, causal):
-    # default launch config: pooled levels merged into one unmasked + one masked loop
     rng = np.random.default_rng(bq * 1000 + bk + causal)
     Lq, Lk = (150, 203) if causal else (131, 90)
     q, k, v = rand_qkv(rng, 1, 2, 1, Lq, Lk, 64)
@@ -45,16 +44,16 @@ def test_random_maps_every_block_geometry(bq, bk, causal):
 
 @pytest.mark.parametrize("block_n", [16, 32, 64, 128])
 @pytest.mark.parametrize("bk", [16, 64])
-@pytest.mark.parametrize("merge", ["all", "pooled", "none"])
-def test_tile_width_vs_pooled_tokens(block_n, bk, merge):
-    # P = bk/p ranges over 2..64 for every tile width: packing (P < BLOCK_N) and splitting (P > BLOCK_N)
+@pytest.mark.parametrize("runs", [None, "tma", "gather"])
+def test_tile_width_vs_pooled_tokens(block_n, bk, runs):
+    # P = bk/p ranges over 2..64 for every tile width: packing (P < BLOCK_N) and splitting (P > BLOCK_N); with
+    # runs, a run slab spans several key blocks (bk < block_n) or a block spans several slabs (bk > block_n)
     rng = np.random.default_rng(block_n + bk)
     Lq, Lk = 64, 250
     q, k, v = rand_qkv(rng, 1, 1, 1, Lq, Lk, 64)
-    M = _map(rng, 1, 1, Lq, Lk, 32, bk)
+    M = _map(rng, 1, 1, Lq, Lk, 32, bk, levels=(0, 1, 1, 1, 2, 4, 8))
     out, _ = run_psa(q, k, v, M, query_block=32, key_block=bk, causal=True, block_n=block_n,
-                     block_n_pooled=max(16, block_n // 2), merge_pooled=merge == "pooled",
-                     merge_all=merge == "all")
+                     block_n_pooled=max(16, block_n // 2), runs=runs)
     _check(out, oracle.psa_attention(q, k, v, M, query_block=32, key_block=bk, causal=True), 2e-5)
 
 
@@ -87,14 +86,57 @@ def test_scale_and_lse():
 
 @pytest.mark.parametrize("bk", [16, 32, 128])
 @pytest.mark.parametrize("causal", [True, False])
-def test_merge_all_random_maps(bk, causal):
+@pytest.mark.parametrize("runs", ["tma", "gather"])
+def test_level1_runs_banded_maps(bk, causal, runs):
+    # dense bands of level 1 (several runs per row, of every length) among pooled and skipped blocks, D=80
+    # (the slab is D_PAD=128 wide: TMA zero-fills the columns past D), ragged Lk
     rng = np.random.default_rng(bk + 3 * causal)
-    Lq, Lk = (150, 203) if causal else (131, 90)
+    Lq, Lk = (150, 403) if causal else (131, 290)
     q, k, v = rand_qkv(rng, 1, 2, 1, Lq, Lk, 80)
     M = _map(rng, 1, 2, Lq, Lk, 64, bk)
-    out, lse = run_psa(q, k, v, M, query_block=64, key_block=bk, causal=causal, merge_all=True, block_n=64,
+    nk = M.shape[3]
+    for h in range(2):
+        for a in rng.integers(0, nk, size=4):
+            M[0, h, :, a:a + int(rng.integers(1, 9))] = 1
+    out, lse = run_psa(q, k, v, M, query_block=64, key_block=bk, causal=causal, block_n=64, runs=runs,
                        with_lse=True)
     _check(out, oracle.psa_attention(q, k, v, M, query_block=64, key_block=bk, causal=causal), 2e-5)
+    ref = oracle_lse(q, k, M, query_block=64, key_block=bk, causal=causal)
+    fin = np.isfinite(ref)
+    assert np.array_equal(np.isneginf(lse), np.isneginf(ref))
+    np.testing.assert_allclose(lse[fin], ref[fin], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bq,bk,block_n", [(64, 16, 64), (128, 32, 128), (32, 64, 32), (128, 128, 64)])
+@pytest.mark.parametrize("causal", [True, False])
+def test_build_lut_runs_layout(bq, bk, block_n, causal):
+    # runs first (aligned groups of block_n/bk complete, fully visible level-1 blocks), then the other level-1
+    # blocks ascending; the same entries per level as the oracle's index list, the other levels unchanged
+    from _psa_helpers import build_lut_with_runs
+
+    rng = np.random.default_rng(bq + bk + causal)
+    Lq, Lk = (300, 333) if causal else (200, 321)
+    M = _map(rng, 2, 3, Lq, Lk, bq, bk, levels=(0, 1, 1, 1, 2, 4))
+    M[..., :8] = 1  # a band that holds runs in every row that sees it
+    lut, cnt, runs = build_lut_with_runs(M, Lq=Lq, Lk=Lk, query_block=bq, key_block=bk, causal=causal,
+                                         block_n=block_n)
+    want_lut, want_cnt = oracle.build_lut(M, Lq=Lq, Lk=Lk, query_block=bq, key_block=bk, causal=causal)
+    np.testing.assert_array_equal(cnt, want_cnt)
+    rb = max(1, block_n // bk)
+    assert runs.min() >= 0 and runs.sum() > 0
+    for b, h, i in np.ndindex(*runs.shape):
+        n1, r = int(cnt[b, h, i, 0]), int(runs[b, h, i]) * rb
+        seg = lut[b, h, i, :n1]
+        jfull = (i * bq + Lk - Lq + 1) // bk if causal else Lk // bk
+        head = seg[:r].reshape(-1, rb) if r else np.zeros((0, rb), np.int32)
+        assert np.all(head[:, 0] % rb == 0) and np.all(np.diff(head, axis=1) == 1) and np.all(head < jfull)
+        assert np.all(np.diff(seg[:r]) > 0) and np.all(np.diff(seg[r:]) > 0)
+        assert sorted(seg.tolist()) == want_lut[b, h, i, :n1].tolist()
+        # every aligned complete group below jfull is a run
+        groups = {j // rb for j in seg.tolist() if (j // rb + 1) * rb <= jfull}
+        whole = {g for g in groups if all(g * rb + t in set(seg.tolist()) for t in range(rb))}
+        assert len(whole) == runs[b, h, i]
+        np.testing.assert_array_equal(lut[b, h, i, n1:], want_lut[b, h, i, n1:])
 
 
 # ---------------------------------------------------------------- T3 small pooled blocks, large early keys
@@ -159,15 +201,14 @@ def test_fully_masked_first_tiles():
     assert np.all(out[0, 0, :7] == 0)  # rows before the first complete group of 8 see nothing
 
 
-@pytest.mark.parametrize("merge", ["all", "pooled", "none"])
-def test_causal_offset_pooled_diagonal_conservative_rule(merge):
+@pytest.mark.parametrize("runs", [None, "tma"])
+def test_causal_offset_pooled_diagonal_conservative_rule(runs):
     # Lq < Lk (chunked prefill), pooled levels on diagonal blocks: conservative visibility of §5
     rng = np.random.default_rng(9)
     Lq, Lk = 70, 201
     q, k, v = rand_qkv(rng, 1, 2, 2, Lq, Lk, 80)
     M = _map(rng, 1, 2, Lq, Lk, 32, 16, levels=(1, 2, 4, 8))
-    out, _ = run_psa(q, k, v, M, query_block=32, key_block=16, causal=True, merge_pooled=merge == "pooled",
-                     merge_all=merge == "all")
+    out, _ = run_psa(q, k, v, M, query_block=32, key_block=16, causal=True, runs=runs)
     _check(out, oracle.psa_attention(q, k, v, M, query_block=32, key_block=16, causal=True), 2e-5)
 
 

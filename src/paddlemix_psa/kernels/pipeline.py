@@ -1,4 +1,4 @@
-"""Framework-neutral PSA forward: estimate -> select -> lut -> pool -> attend (PSA-SPEC §0 steps 1-5).
+"""Framework-neutral PSA forward: estimate -> select -> lut -> pool -> attend (docs/ALGORITHM.md §0 steps 1-5).
 
 Every buffer comes from the caller's ``alloc(shape, dtype_name)``; nothing here knows the framework. No host
 synchronisation: the pooled levels are those the configuration *can* produce (non-empty mask intervals, plus
@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from ._tensorlike import dtype_name, shape
-from .attn_fwd import psa_attn_fwd
+from .attn_fwd import default_config, psa_attn_fwd, run_blocks_for
 from .estimate import psa_estimate_scores
 from .pool import psa_pool_kv
 from .select import psa_build_lut, psa_select_levels
@@ -100,18 +100,22 @@ def psa_attention_from_map(q, k, v, level_map, *, alloc, query_block=128, key_bl
                            attn_config=None, on_stage=_noop):
     """Run on the device: index list -> pyramid K/V (``pooled_levels`` only) -> attention.
 
-    Returns ``(out, lut, counts)``. ``attn_config``: optional launch overrides for :func:`psa_attn_fwd`
-    (``block_n``, ``num_warps``, ...).
+    Returns ``(out, lut, counts)``. ``attn_config``: optional launch overrides of
+    :func:`attn_fwd.default_config` (``block_n``, ``num_warps``, ``use_tma``, ...).
 
     ``pooled_levels`` must include every pooled level present in ``level_map`` (a superset costs one pooling pass).
     ``on_stage`` is called after "pool_ms" (index list + pooling) and "attention_ms".
     """
     B, Hq, Hkv, Lq, Lk, D = _geometry(q, k, layout)
     dt = dtype_name(q)
+    # the attention launch config is fixed here once: the index list groups level-1 runs by its tile width
+    launch = default_config(D, query_block, key_block, dt)
+    launch.update({key: val for key, val in (attn_config or {}).items() if val is not None})
     lut = alloc(tuple(shape(level_map)), "int32")
     counts = alloc(tuple(shape(level_map)[:3]) + (4,), "int32")
+    runs = alloc(tuple(shape(level_map)[:3]), "int32")
     psa_build_lut(level_map, lut, counts, Lq=Lq, Lk=Lk, query_block=query_block, key_block=key_block,
-                  causal=causal)
+                  causal=causal, runs=runs, run_blocks=run_blocks_for(launch["block_n"], key_block))
     pooled = tuple(sorted(pooled_levels))
     kp = {p: alloc((B, Hkv, -(-Lk // p), D), dt) for p in pooled}
     vp = {p: alloc((B, Hkv, -(-Lk // p), D), dt) for p in pooled}
@@ -121,7 +125,8 @@ def psa_attention_from_map(q, k, v, level_map, *, alloc, query_block=128, key_bl
     if out is None:
         out = alloc(tuple(shape(q)), dt)
     psa_attn_fwd(q, k, v, kp, vp, lut, counts, out, query_block=query_block, key_block=key_block, causal=causal,
-                 scale=scale, layout=layout, gqa_mask=gqa_mask, lse=lse, levels=(1,) + pooled, **(attn_config or {}))
+                 scale=scale, layout=layout, gqa_mask=gqa_mask, lse=lse, levels=(1,) + pooled, runs=runs,
+                 config=launch)
     on_stage("attention_ms")
     return out, lut, counts
 
