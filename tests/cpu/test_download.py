@@ -47,6 +47,17 @@ def test_truncated_body_is_not_cached(tmp_path):
         assert dl.download(f"{base2}/t.png", cache_dir=tmp_path, quiet=True).read_bytes() == BODY
 
 
+def test_files_of_the_unchecked_cache_layout_are_not_reused(tmp_path):
+    """The first cache layout (sha256(url)[:16]-name) held files whose byte count was never checked."""
+    import hashlib
+
+    with raw_server(lambda path, c: c.sendall(response(BODY))) as (base, _):
+        url = f"{base}/old.png"
+        old = tmp_path / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-old.png"
+        old.write_bytes(BODY[:100])                               # truncated by an earlier version
+        assert dl.download(url, cache_dir=tmp_path, quiet=True).read_bytes() == BODY
+
+
 def test_truncated_chunked_body_is_one_line(tmp_path):
     def chunked(path, c):
         c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n"

@@ -46,6 +46,7 @@ DEADLINE_S = 3600.0              # the whole download (4 GiB at ~1.2 MB/s)
 CHUNK_BYTES = 1 << 16
 PARTIAL_PREFIX = ".partial-"     # temp files; names starting with "." are never cache entries
 LOCK_DIR = ".locks"
+CACHE_LAYOUT = b"paddlemix-psa-cache-2\n"
 
 # Content types that are never an image or a video (error pages, API answers).
 _NOT_MEDIA = ("application/json", "application/xml", "application/xhtml+xml", "application/javascript")
@@ -101,7 +102,10 @@ def cache_path(url: str, cache_dir: str | os.PathLike | None = None) -> Path:
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     name = urllib.parse.unquote(os.path.basename(urllib.parse.urlsplit(url).path)) or "download"
     name = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in name)[-80:].lstrip(".")
-    return cache / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{name or 'download'}"
+    # keyed with a layout tag: files of the first layout (before byte counts were checked) may be truncated, so
+    # they are never reused; `paddlemix-psa cache --clear` removes them
+    key = hashlib.sha256(CACHE_LAYOUT + url.encode()).hexdigest()[:16]
+    return cache / f"{key}-{name or 'download'}"
 
 
 def download(url: str, *, cache_dir: str | os.PathLike | None = None, quiet: bool = False, kind: str | None = None,
