@@ -1,4 +1,4 @@
-"""Float64 brute-force oracle for PSA (PSA-SPEC.md), in numpy only.
+"""Float64 brute-force oracle for PSA (docs/ALGORITHM.md), in numpy only.
 
 Independent of the package: it shares no code with `paddlemix_psa.reference` or the kernels, so both are
 checked against it. Everything is written the slow, obvious way: pooled K/V are built explicitly, every
@@ -76,7 +76,7 @@ def dense_attention(q, k, v, *, causal=True, scale=None):
 
 def psa_attention(q, k, v, level_map, *, query_block, key_block, causal=True, scale=None,
                   gqa_mask="per_head"):
-    """PSA-SPEC §4.2: one softmax per row over every kept pooled token, bias ln(count)."""
+    """docs/ALGORITHM.md §4.2: one softmax per row over every kept pooled token, bias ln(count)."""
     q, k, v = (np.asarray(t, dtype=np.float64) for t in (q, k, v))
     level_map = np.asarray(level_map)
     B, Hq, Lq, D = q.shape
@@ -117,7 +117,7 @@ def psa_attention(q, k, v, level_map, *, query_block, key_block, causal=True, sc
 
 # --------------------------------------------------------------------------- estimator
 def xattn_scores(q, k, *, query_block, key_block, stride, causal=True, scale=None):
-    """PSA-SPEC §6.1: antidiagonal strided logits, fp64 softmax per reshaped query, block sums."""
+    """docs/ALGORITHM.md §6.1: antidiagonal strided logits, fp64 softmax per reshaped query, block sums."""
     q, k = np.asarray(q, np.float64), np.asarray(k, np.float64)
     B, Hq, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
@@ -145,7 +145,7 @@ def xattn_scores(q, k, *, query_block, key_block, stride, causal=True, scale=Non
 
 
 def similarity_cap(k, *, key_block, thresholds=(0.75, 0.70, 0.70)):
-    """PSA-SPEC §8 F5: per (b, kv head, key block) cap L_j from first/last-key cosines of complete groups."""
+    """docs/ALGORITHM.md §8 F5: per (b, kv head, key block) cap L_j from first/last-key cosines of complete groups."""
     k = np.asarray(k, np.float64)
     B, Hkv, Lk, _ = k.shape
     nk = n_blocks(Lk, key_block)
@@ -206,7 +206,7 @@ def _assign_row(A, valid, mode, mask_ratios):
 def level_map(scores, *, Lq, Lk, query_block, key_block, causal=True, mode="energybound",
               mask_ratios=None, dense_tail_tokens=512, prompt_end=None, force_sink=True,
               sim_cap_levels=None, gqa_group=1):
-    """PSA-SPEC §7 + §8. scores [B, H_m, nq, nk]; sim_cap_levels [B, H_kv, nk] or None.
+    """docs/ALGORITHM.md §7 + §8. scores [B, H_m, nq, nk]; sim_cap_levels [B, H_kv, nk] or None.
 
     Returns (int8 level map, counters dict).
     """
@@ -279,7 +279,7 @@ def build_lut(level_map, *, Lq, Lk, query_block, key_block, causal=True):
 
 
 def density(level_map, *, Lq, Lk, query_block, key_block, causal=True):
-    """PSA-SPEC §9 FLOP-equivalent density over valid pairs, per (b, h) -> array [B, H]."""
+    """docs/ALGORITHM.md §9 FLOP-equivalent density over valid pairs, per (b, h) -> array [B, H]."""
     M = np.asarray(level_map)
     B, H, nq, nk = M.shape
     out = np.zeros((B, H))

@@ -1,4 +1,4 @@
-"""Compile-only: build the attention and pooling kernels for sm_90 on a CPU machine (TRITON-PADDLE.md §6 layer 2).
+"""Compile-only: build the attention and pooling kernels for sm_90 on a CPU machine (docs/LAUNCH.md §6 layer 2).
 
 A stub driver (device 0, stream 0, ``GPUTarget("cuda", 90, 32)``) lets ``kernel.warmup`` run the whole
 compiler (TTIR -> TTGIR -> PTX -> cubin with the bundled ptxas) without a GPU. Each variant must fit the

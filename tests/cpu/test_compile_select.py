@@ -1,4 +1,4 @@
-"""Compile-only (TRITON-PADDLE.md §6 layer 2): every variant of the estimator, similarity-cap, select and LUT
+"""Compile-only (docs/LAUNCH.md §6 layer 2): every variant of the estimator, similarity-cap, select and LUT
 kernels lowers to sm_90 PTX/cubin on a CPU machine, through a stub driver and fake tensor-likes (no GPU, no
 torch). Each launcher runs its real argument checks and grid logic; the kernel call is turned into a warmup.
 """
@@ -154,7 +154,7 @@ def test_compile_estimate_tiles(compiled, block_a, block_c, num_warps, num_stage
 
 
 def test_estimate_single_pass_lengths_do_not_add_variants(compiled):
-    """PSA-SPEC T9 for the single-pass estimator: lengths 1000-1016 compile each of its two kernels once."""
+    """docs/ALGORITHM.md T9 for the single-pass estimator: lengths 1000-1016 compile each of its two kernels once."""
     from paddlemix_psa.kernels.estimate import psa_estimate_scores
 
     for L in range(1000, 1017):
@@ -203,7 +203,7 @@ def test_compile_select(compiled, mode, causal, nk):
 
 
 def test_lengths_do_not_add_variants(compiled):
-    """PSA-SPEC T9 for these kernels: lengths 1000-1016 add no variant after the first length."""
+    """docs/ALGORITHM.md T9 for these kernels: lengths 1000-1016 add no variant after the first length."""
     from paddlemix_psa.kernels.estimate import psa_estimate_scores
     from paddlemix_psa.kernels.select import psa_build_lut, psa_select_levels
     from paddlemix_psa.kernels.similarity import psa_similarity_cap

@@ -1,4 +1,4 @@
-"""Mask building (PSA-SPEC §7, §8), the index-list form, and density accounting (§9)."""
+"""Mask building (docs/ALGORITHM.md §7, §8), the index-list form, and density accounting (§9)."""
 import math
 
 import numpy as np

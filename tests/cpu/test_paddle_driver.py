@@ -1,4 +1,4 @@
-"""Layer-3 glue tests for the Paddle-aware Triton driver and host views (TRITON-PADDLE.md §3, §6), no GPU."""
+"""Layer-3 glue tests for the Paddle-aware Triton driver and host views (docs/LAUNCH.md §3, §6), no GPU."""
 import numpy as np
 import paddle
 import pytest

@@ -1,6 +1,6 @@
-"""`attn_implementation="psa"` in PaddleFormers' Qwen2.5-VL (HOSTS.md §1, §4, §5) on a tiny random model.
+"""`attn_implementation="psa"` in PaddleFormers' Qwen2.5-VL (docs/HOSTS.md §1, §4, §5) on a tiny random model.
 
-Model: `paddlemix_psa/data/tiny_qwen2_5_vl.json` (HOSTS.md §1.6 "for PSA tests": text hidden 256, 4 heads /
+Model: `paddlemix_psa/data/tiny_qwen2_5_vl.json` (docs/HOSTS.md §1.6 "for PSA tests": text hidden 256, 4 heads /
 2 KV heads, head_dim 64; vision hidden 128, 2 heads, window 112 -> 64-patch windows), fp32, CPU reference.
 """
 import copy
@@ -187,7 +187,8 @@ def test_left_padding_falls_back_and_strict_mode_raises(eager, psa_level1, monke
 
 # ------------------------------------------------------------------------------------------ call-shape pins
 def test_call_shape_pins(eager):
-    """HOSTS.md §1.4 on the head_dim-64 model (window_size 56 -> 16-patch windows): fails loudly on a host change."""
+    """docs/HOSTS.md §1.4 on the head_dim-64 model (window_size 56 -> 16-patch windows): fails loudly on a host
+    change."""
     calls = []
 
     def recorder(module, query, key, value, attention_mask=None, **kwargs):

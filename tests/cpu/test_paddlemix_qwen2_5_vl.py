@@ -1,6 +1,6 @@
-"""`attn_implementation="psa"` in PaddleMIX's Qwen2.5-VL (HOSTS.md §2, §4, §5) on a tiny random model.
+"""`attn_implementation="psa"` in PaddleMIX's Qwen2.5-VL (docs/HOSTS.md §2, §4, §5) on a tiny random model.
 
-Runs where `paddlemix` imports, or against a source checkout named by PADDLEMIX_SRC (loaded as HOSTS.md §2.7
+Runs where `paddlemix` imports, or against a source checkout named by PADDLEMIX_SRC (loaded as docs/HOSTS.md §2.7
 describes: `paddlemix/__init__` and `ppdiffusers` are stubbed, the model code itself is unmodified);
 skipped otherwise. Verified against PaddleMIX 9866511 (model file as in 148e8b3) with paddlenlp 3.0.0b4.
 """
@@ -159,7 +159,7 @@ def test_tuple_cache_decode_and_padding(eager, psa):
 
 
 def test_call_shape_pins(eager, psa):
-    """HOSTS.md §2.4/§2.5: packed vision calls with cu_seqlens, 4-D masks and tuple caches for the LLM."""
+    """docs/HOSTS.md §2.4/§2.5: packed vision calls with cu_seqlens, 4-D masks and tuple caches for the LLM."""
     seen = []
     vis_fwd, txt_fwd = type(psa.visual.blocks[0].attn).forward, type(psa.model.layers[0].self_attn).forward
 

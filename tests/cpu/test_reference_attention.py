@@ -52,7 +52,7 @@ def test_per_kv_group_maps_are_shared_by_the_group(rng, gqa_mask):
 
 
 def _copy_reference(q, k, v, M, qb, kb, causal):
-    """PSA-SPEC §4.3(b): dense attention where each kept pooled group is replaced by c copies of its mean."""
+    """docs/ALGORITHM.md §4.3(b): dense attention where each kept pooled group is replaced by c copies of its mean."""
     B, Hq, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     G, off, out = Hq // Hkv, Lk - Lq, np.zeros_like(q)
@@ -112,7 +112,7 @@ def test_end_to_end_all_level_one_config_equals_dense(rng):
 
 
 def test_constant_groups_give_dense_result(rng):
-    """PSA-SPEC §4.3(c): K, V constant on aligned groups of 8 -> any non-skipping map equals dense."""
+    """docs/ALGORITHM.md §4.3(c): K, V constant on aligned groups of 8 -> any non-skipping map equals dense."""
     q = rng.standard_normal((1, 2, 64, 64))
     k = np.repeat(rng.standard_normal((1, 1, 256 // 8, 64)), 8, axis=2)
     v = np.repeat(rng.standard_normal((1, 1, 256 // 8, 64)), 8, axis=2)

@@ -1,7 +1,7 @@
 """Capture the real attention inputs: post-RoPE q/k/v of chosen LLM layers at prefill, saved to an `.npz`.
 
 PaddleFormers looks up the attention function by the text config's `_attn_implementation` at every forward
-(HOSTS.md §1.2), so a recording function registered under its own key and wrapping the current one sees exactly
+(docs/HOSTS.md §1.2), so a recording function registered under its own key and wrapping the current one sees exactly
 what the attention op receives: q [B, H_q, L, D] and k/v [B, H_kv, L, D] after mRoPE, GQA not expanded. This
 works with PSA on or off and needs no change in the integrations. PaddleMIX picks attention classes at
 construction, so capture there is not offered.

@@ -4,10 +4,10 @@ Real weights (the default, ``Qwen/Qwen2.5-VL-7B-Instruct``) load through the hos
 
 * ``host="paddleformers"``: ``paddleformers.transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained``
   plus ``AutoProcessor.from_pretrained``; PSA is selected per sub-config with
-  ``paddlemix_psa.integrations.set_attn_implementation(model, text="psa", vision="psa")`` (HOSTS.md §1.5: the
+  ``paddlemix_psa.integrations.set_attn_implementation(model, text="psa", vision="psa")`` (docs/HOSTS.md §1.5: the
   ``attn_implementation=`` keyword is a TypeError there, and ``_attn_implementation=`` reaches the LLM only).
 * ``host="paddlemix"``: PaddleMIX's ``Qwen2_5_VLForConditionalGeneration.from_pretrained(path,
-  attn_implementation="psa")`` (HOSTS.md §2.3: chosen at construction, both towers), its
+  attn_implementation="psa")`` (docs/HOSTS.md §2.3: chosen at construction, both towers), its
   ``Qwen2_5_VLProcessor`` and ``MIXQwen2_5_Tokenizer``.
 
 ``model="tiny"`` builds a tiny random-weight Qwen2.5-VL from package data instead (``app/tiny.py``): the whole
@@ -227,11 +227,11 @@ class QwenVLInference:
             from paddlemix.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
             from paddlemix.processors.qwen2_5_vl_processing import Qwen2_5_VLImageProcessor, Qwen2_5_VLProcessor
         except ImportError as e:
-            raise InferenceError(f"PaddleMIX is not importable (it is installed from source, see HOSTS.md §2.1): "
+            raise InferenceError(f"PaddleMIX is not importable (it is installed from source, see docs/HOSTS.md §2.1): "
                                  f"{_one_line(e)}") from None
         dtype = dtype or ("bfloat16" if paddle.device.cuda.device_count() else "float32")
         integ.register()
-        impl = "psa" if self._use_psa else "eager"     # PaddleMIX decides at construction (HOSTS.md §2.3)
+        impl = "psa" if self._use_psa else "eager"     # PaddleMIX decides at construction (docs/HOSTS.md §2.3)
         try:
             self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
                 self.model_name, dtype=dtype, attn_implementation=impl)

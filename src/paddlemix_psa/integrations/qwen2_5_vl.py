@@ -31,8 +31,8 @@ from ..statistics import REGISTRY, PSAStats
 HEAD_DIMS = (64, 80, 96, 128)                       # docs/ALGORITHM.md §1
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 # Vision PSA is not offered in v1: the vision tower's attention is a few percent of its compute and its
-# window segments hold ~64 patches (docs/HOSTS.md §4); a non-causal opt-in (PSA-SPEC §6.4) for the full-attention
-# layers comes only once a measurement shows it pays.
+# window segments hold ~64 patches (docs/HOSTS.md §4); a non-causal opt-in (docs/ALGORITHM.md §6.4) for the
+# full-attention layers comes only once a measurement shows it pays.
 
 EXPECTED = {"decode": True, "short": True, "vision_window": True, "vision_dense": True,
             "padding": False, "row_indices": False}

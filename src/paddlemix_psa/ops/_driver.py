@@ -1,4 +1,4 @@
-"""A Paddle-aware Triton driver, installed only around the plugin's own launches (TRITON-PADDLE.md §3).
+"""A Paddle-aware Triton driver, installed only around the plugin's own launches (docs/LAUNCH.md §3).
 
 Triton's stock CUDA driver takes the device and stream from torch (or stream 0 without torch); Paddle
 computes on its own current stream. `paddle_launch_scope(device)` swaps the process-global active driver

@@ -2,7 +2,7 @@
 
 The interpreter stages arguments through torch's storage API (`untyped_storage`, `set_`, ...), which Paddle
 tensors lack. A view answers those calls with the tensor's own address, element strides and dtype, so the
-interpreter reads and writes Paddle's memory directly (TRITON-PADDLE.md §6). CPU only; never on GPU.
+interpreter reads and writes Paddle's memory directly (docs/LAUNCH.md §6). CPU only; never on GPU.
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from ._checks import dtype_name
 from ._launch import TritonCannotLaunch, kernel_args, launch_blocker, launch_scope
 
 KERNEL_DTYPES = ("float16", "bfloat16")
-INTERPRET_DTYPES = ("float16", "float32")      # the interpreter computes bf16 wrongly (TRITON-PADDLE §6)
+INTERPRET_DTYPES = ("float16", "float32")      # the interpreter computes bf16 wrongly (docs/LAUNCH.md §6)
 
 
 def _interpreting() -> bool:

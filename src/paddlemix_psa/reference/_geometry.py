@@ -1,4 +1,4 @@
-"""Block geometry shared by the reference modules (PSA-SPEC §1): valid, diagonal and upper blocks."""
+"""Block geometry shared by the reference modules (docs/ALGORITHM.md §1): valid, diagonal and upper blocks."""
 from __future__ import annotations
 
 import paddle

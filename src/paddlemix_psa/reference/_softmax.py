@@ -1,4 +1,4 @@
-"""The one safe masked softmax used by every reference path (PSA-SPEC §4.4: no -inf - -inf, empty rows -> 0)."""
+"""The one safe masked softmax of every reference path (docs/ALGORITHM.md §4.4: no -inf - -inf, empty rows -> 0)."""
 from __future__ import annotations
 
 import paddle

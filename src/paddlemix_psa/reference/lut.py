@@ -13,7 +13,7 @@ def level_map_to_lut(level_map: paddle.Tensor, *, Lq: int, Lk: int, query_block:
 
     Row (b, h, i) lists its kept valid key blocks grouped by level 1, 2, 4, 8 (ascending j within a level),
     then padding zeros; counts[..., t] is the number of entries of level LEVELS[t]. Upper-triangle blocks
-    are dropped even when the map is non-zero there (PSA-SPEC §4.4 "Block classes").
+    are dropped even when the map is non-zero there (docs/ALGORITHM.md §4.4 "Block classes").
     """
     B, H, nq, nk = level_map.shape
     M = level_map.astype("int32")

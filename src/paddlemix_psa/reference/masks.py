@@ -1,4 +1,4 @@
-"""Level maps from block scores (PSA-SPEC §7), forced rules and similarity cap (§8), histograms (§9).
+"""Level maps from block scores (docs/ALGORITHM.md §7), forced rules and similarity cap (§8), histograms (§9).
 
 All arithmetic after the scores is fp32 (thresholds are compared in fp32, never bf16: pitfall 8).
 """

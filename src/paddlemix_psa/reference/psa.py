@@ -1,4 +1,4 @@
-"""Combined pyramid attention over a level map (PSA-SPEC §4.2, vectorized form), in pure Paddle.
+"""Combined pyramid attention over a level map (docs/ALGORITHM.md §4.2, vectorized form), in pure Paddle.
 
 For each query block, the candidate keys are `[K ; K̄² ; K̄⁴ ; K̄⁸]` up to the block's last valid key block,
 with logit bias `[0 ; ln c² ; ln c⁴ ; ln c⁸]`; a key token is visible to a row iff its block carries its
