@@ -1,5 +1,6 @@
 """`paddlemix-psa check` on a CPU machine: the interpreter path, its JSON report and its exit codes (issue 8)."""
 import json
+import os
 import textwrap
 
 import pytest
@@ -59,7 +60,9 @@ _CORRUPT_POOLING = textwrap.dedent("""
 def test_a_failing_check_names_kernel_shape_and_error_and_exits_6(tmp_path):
     (tmp_path / "sitecustomize.py").write_text(_CORRUPT_POOLING)
     path = tmp_path / "report.json"
-    proc = run_cli("check", "--json", str(path), timeout=300, env_extra={"PYTHONPATH": str(tmp_path)})
+    pythonpath = os.pathsep.join(p for p in (str(tmp_path), os.path.dirname(__file__), os.environ.get("PYTHONPATH"))
+                                 if p)
+    proc = run_cli("check", "--json", str(path), timeout=300, env_extra={"PYTHONPATH": pythonpath})
     assert proc.returncode == 6, proc.stdout + proc.stderr
     data = json.loads(path.read_text())
     failed = [c for c in data["checks"] if not c["passed"]]

@@ -115,9 +115,17 @@ def gpu_backend(env: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ kernel checks
-def _result(kernel: str, case: Case, max_error: float, tolerance: float, passed: bool, detail: str = "") -> dict:
-    return {"kernel": kernel, "shape": case.label(), "passed": bool(passed), "max_error": float(max_error),
-            "tolerance": float(tolerance), "detail": detail}
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _result(kernel: str, case: Case, max_error: float | None, tolerance: float, passed: bool,
+            detail: str = "") -> dict:
+    """One check; `max_error` None when the kernel crashed before producing an output."""
+    return {"kernel": kernel, "shape": case.label(), "passed": bool(passed),
+            "max_error": None if max_error is None else float(max_error), "tolerance": float(tolerance),
+            "detail": detail}
 
 
 def _close(kernel, case, got, ref, rtol, atol) -> dict:
@@ -152,94 +160,160 @@ def _t10(kernel, case, got, q, k, v, oracle_fn) -> dict:
                                                          f"{ATOL_T10[case.dtype]:g}")
 
 
-def check_case(case: Case, seed: int = 0) -> list[dict]:
-    """Every kernel on one shape against the pure-Paddle reference (inputs on Paddle's current device)."""
+class _Inputs:
+    """One shape's inputs on Paddle's current device, and the reference results every kernel check starts from."""
+
+    def __init__(self, case: Case, seed: int) -> None:
+        import paddle
+
+        from ..config import AttentionConfig
+        from ..ops.dispatch import allocator
+        from ..reference import build_level_map_ref, similarity_cap, xattn_block_scores
+        from ..synthetic import structured_qkv
+
+        self.case = case
+        self.cfg = cfg = AttentionConfig(query_block=case.query_block, key_block=case.key_block,
+                                         dense_tail_tokens=case.dense_tail_tokens)
+        self.q, self.k, self.v = (paddle.to_tensor(x).astype(case.dtype) for x in structured_qkv(
+            case.L, batch=case.B, q_heads=case.Hq, kv_heads=case.Hkv, head_dim=case.D, seed=seed))
+        self.G = case.Hq // case.Hkv
+        self.nq, self.nk = -(-case.L // cfg.query_block), -(-case.L // cfg.key_block)
+        self.alloc = allocator(self.q)
+        self.blocks = dict(query_block=cfg.query_block, key_block=cfg.key_block)
+        self.ref_scores = xattn_block_scores(self.q, self.k, stride=cfg.xattn_stride, causal=True, scale=cfg.scale,
+                                             **self.blocks)
+        self.ref_cap = similarity_cap(self.k, cfg.key_block, cfg.sim_thresholds)
+        self.ref_map = build_level_map_ref(self.ref_scores, Lq=case.L, Lk=case.L, config=cfg, causal=True,
+                                           sim_cap_levels=self.ref_cap, gqa_group=self.G).level_map
+
+    def launch(self, launcher, *tensors, **kwargs):
+        """`launcher(*tensors, **kwargs)` with tensors as launch arguments, inside the device's driver scope."""
+        from ..ops._launch import kernel_args, launch_scope
+
+        with launch_scope(self.q):
+            return launcher(*kernel_args(*tensors), **kwargs)
+
+
+def _check_estimator(x: _Inputs) -> dict:
+    from ..kernels.estimate import psa_estimate_scores
+    from ..ops.dispatch import unwrap
+
+    c = x.case
+    scores = x.alloc((c.B, c.Hq, x.nq, x.nk), "float32")
+    x.launch(psa_estimate_scores, x.q, x.k, scores, stride=x.cfg.xattn_stride, causal=True, scale=x.cfg.scale,
+             layout="BHSD", scratch=x.alloc, **x.blocks)
+    return _close("estimator", c, unwrap(scores), x.ref_scores, 1e-3, 1e-5)
+
+
+def _check_similarity(x: _Inputs) -> dict:
+    from ..kernels.similarity import psa_similarity_cap
+    from ..ops.dispatch import unwrap
+
+    cap = x.alloc((x.case.B, x.case.Hkv, x.nk), "int8")
+    x.launch(psa_similarity_cap, x.k, cap, key_block=x.cfg.key_block, thresholds=tuple(x.cfg.sim_thresholds),
+             layout="BHSD")
+    return _equal("similarity cap", x.case, unwrap(cap), x.ref_cap)
+
+
+def _check_selection(x: _Inputs) -> dict:
+    """From the reference's own scores and cap, so the integer map must match exactly."""
+    from ..kernels.select import psa_select_levels
+    from ..ops._launch import kernel_args
+    from ..ops.dispatch import unwrap
+
+    c, cfg = x.case, x.cfg
+    level_map = x.alloc((c.B, c.Hq, x.nq, x.nk), "int8")
+    cap = x.ref_cap.astype("int8")
+    x.launch(psa_select_levels, x.ref_scores.contiguous(), level_map, Lq=c.L, Lk=c.L, causal=True,
+             mode=cfg.mask_mode, ends=dict(cfg.mask_ratios), dense_tail_tokens=cfg.dense_tail_tokens, prompt_end=None,
+             force_sink=cfg.force_sink, sim_cap=kernel_args(cap)[0], gqa_group=x.G, **x.blocks)
+    return _equal("selection", c, unwrap(level_map), x.ref_map)
+
+
+def _check_index_list(x: _Inputs) -> dict:
     import paddle
 
-    from ..config import AttentionConfig
-    from ..kernels.pipeline import psa_attention_from_map
+    from ..kernels.select import psa_build_lut
+    from ..ops.dispatch import unwrap
+    from ..reference import level_map_to_lut
+
+    c = x.case
+    lut, counts = x.alloc((c.B, c.Hq, x.nq, x.nk), "int32"), x.alloc((c.B, c.Hq, x.nq, 4), "int32")
+    x.launch(psa_build_lut, x.ref_map, lut, counts, Lq=c.L, Lk=c.L, causal=True, **x.blocks)
+    ref_lut, ref_counts = level_map_to_lut(x.ref_map, Lq=c.L, Lk=c.L, causal=True, **x.blocks)
+    return _equal("index list", c, paddle.concat([unwrap(lut), unwrap(counts)], axis=-1),
+                  paddle.concat([ref_lut, ref_counts], axis=-1))
+
+
+def _check_pooling(x: _Inputs) -> dict:
+    import paddle
+
     from ..kernels.pool import psa_pool_kv
-    from ..kernels.select import psa_build_lut, psa_select_levels
-    from ..kernels.similarity import psa_similarity_cap
-    from ..kernels.estimate import psa_estimate_scores
+    from ..ops.dispatch import unwrap
+    from ..reference import pool_kv
+
+    c = x.case
+    kp = {p: x.alloc((c.B, c.Hkv, -(-c.L // p), c.D), c.dtype) for p in (2, 4, 8)}
+    vp = {p: x.alloc((c.B, c.Hkv, -(-c.L // p), c.D), c.dtype) for p in (2, 4, 8)}
+    x.launch(psa_pool_kv, x.k, x.v, kp, vp, layout="BHSD")
+    ref = pool_kv(x.k, x.v, (2, 4, 8))
+    got = paddle.concat([unwrap(t[p]).astype("float32").flatten() for t in (kp, vp) for p in (2, 4, 8)])
+    want = paddle.concat([ref[p][i].astype("float32").flatten() for i in (0, 1) for p in (2, 4, 8)])
+    return _close("pooling", c, got, want, POOL_RTOL[c.dtype], 1e-5)
+
+
+def _psa_ref(x: _Inputs, level_map):
+    from ..reference import psa_attention_ref
+
+    return lambda qw, kw, vw: psa_attention_ref(qw, kw, vw, level_map, causal=True, scale=x.cfg.scale,
+                                                gqa_mask=x.cfg.gqa_mask, **x.blocks)
+
+
+def _check_attention(x: _Inputs) -> dict:
+    """Index list + pooling + attention over the reference level map (kernels/pipeline.py)."""
+    from ..kernels.pipeline import psa_attention_from_map
+    from ..ops.dispatch import unwrap
+
+    out, _, _ = x.launch(psa_attention_from_map, x.q, x.k, x.v, x.ref_map, alloc=x.alloc, causal=True,
+                         scale=x.cfg.scale, layout="BHSD", gqa_mask=x.cfg.gqa_mask, **x.blocks)
+    return _t10("attention", x.case, unwrap(out), x.q, x.k, x.v, _psa_ref(x, x.ref_map))
+
+
+def _check_public_op(x: _Inputs) -> dict:
+    """The public op end to end (plan + run in one pipeline), against the reference over its own plan."""
     from ..ops.attention import build_level_map, psa_attention
-    from ..ops.dispatch import allocator, unwrap
-    from ..ops._launch import kernel_args, launch_scope
-    from ..reference import (build_level_map_ref, level_map_to_lut, pool_kv, psa_attention_ref, similarity_cap,
-                             xattn_block_scores)
-    from ..synthetic import structured_qkv
 
-    cfg = AttentionConfig(query_block=case.query_block, key_block=case.key_block,
-                          dense_tail_tokens=case.dense_tail_tokens)
-    q, k, v = (paddle.to_tensor(x).astype(case.dtype) for x in structured_qkv(
-        case.L, batch=case.B, q_heads=case.Hq, kv_heads=case.Hkv, head_dim=case.D, seed=seed))
-    B, Hq, Hkv, L, D, G = case.B, case.Hq, case.Hkv, case.L, case.D, case.Hq // case.Hkv
-    nq, nk = -(-L // cfg.query_block), -(-L // cfg.key_block)
-    alloc, A = allocator(q), (lambda t: kernel_args(t)[0])
-    blocks = dict(query_block=cfg.query_block, key_block=cfg.key_block)
-    out = []
-
-    scores = alloc((B, Hq, nq, nk), "float32")
-    cap = alloc((B, Hkv, nk), "int8")
-    with launch_scope(q):
-        psa_estimate_scores(A(q), A(k), scores, stride=cfg.xattn_stride, causal=True, scale=cfg.scale,
-                            layout="BHSD", scratch=alloc, **blocks)
-        psa_similarity_cap(A(k), cap, key_block=cfg.key_block, thresholds=tuple(cfg.sim_thresholds), layout="BHSD")
-    ref_scores = xattn_block_scores(q, k, stride=cfg.xattn_stride, causal=True, scale=cfg.scale, **blocks)
-    out.append(_close("estimator", case, unwrap(scores), ref_scores, 1e-3, 1e-5))
-    ref_cap = similarity_cap(k, cfg.key_block, cfg.sim_thresholds)
-    out.append(_equal("similarity cap", case, unwrap(cap), ref_cap))
-
-    # selection and index list from the reference's own inputs, so integer outputs must match exactly
-    ref_map = build_level_map_ref(ref_scores, Lq=L, Lk=L, config=cfg, causal=True, sim_cap_levels=ref_cap,
-                                  gqa_group=G).level_map
-    level_map = alloc((B, Hq, nq, nk), "int8")
-    lut, counts = alloc((B, Hq, nq, nk), "int32"), alloc((B, Hq, nq, 4), "int32")
-    kp = {p: alloc((B, Hkv, -(-L // p), D), case.dtype) for p in (2, 4, 8)}
-    vp = {p: alloc((B, Hkv, -(-L // p), D), case.dtype) for p in (2, 4, 8)}
-    with launch_scope(q):
-        psa_select_levels(A(ref_scores.contiguous()), level_map, Lq=L, Lk=L, causal=True, mode=cfg.mask_mode,
-                          ends=dict(cfg.mask_ratios), dense_tail_tokens=cfg.dense_tail_tokens, prompt_end=None,
-                          force_sink=cfg.force_sink, sim_cap=A(ref_cap.astype("int8")), gqa_group=G, **blocks)
-        psa_build_lut(A(ref_map), lut, counts, Lq=L, Lk=L, causal=True, **blocks)
-        psa_pool_kv(A(k), A(v), kp, vp, layout="BHSD")
-    out.append(_equal("selection", case, unwrap(level_map), ref_map))
-    ref_lut, ref_counts = level_map_to_lut(ref_map, Lq=L, Lk=L, causal=True, **blocks)
-    out.append(_equal("index list", case, paddle.concat([unwrap(lut), unwrap(counts)], axis=-1),
-                      paddle.concat([ref_lut, ref_counts], axis=-1)))
-    ref_pool = pool_kv(k, v, (2, 4, 8))
-    got_pool = paddle.concat([unwrap(t[p]).astype("float32").flatten() for t in (kp, vp) for p in (2, 4, 8)])
-    want_pool = paddle.concat([ref_pool[p][i].astype("float32").flatten() for i in (0, 1) for p in (2, 4, 8)])
-    out.append(_close("pooling", case, got_pool, want_pool, POOL_RTOL[case.dtype], 1e-5))
-
-    with launch_scope(q):
-        attn, _, _ = psa_attention_from_map(A(q), A(k), A(v), A(ref_map), alloc=alloc, causal=True, scale=cfg.scale,
-                                            layout="BHSD", gqa_mask=cfg.gqa_mask, **blocks)
-    out.append(_t10("attention", case, unwrap(attn), q, k, v, lambda qw, kw, vw: psa_attention_ref(
-        qw, kw, vw, ref_map, causal=True, scale=cfg.scale, gqa_mask=cfg.gqa_mask, **blocks)))
-
-    # the public op end to end (plan + run in one pipeline), against the reference over its own plan
-    full, stats = psa_attention(q, k, v, config=cfg, return_stats=True)
-    plan = build_level_map(q, k, cfg)
-    res = _t10("psa_attention", case, full, q, k, v, lambda qw, kw, vw: psa_attention_ref(
-        qw, kw, vw, plan, causal=True, scale=cfg.scale, gqa_mask=cfg.gqa_mask, **blocks))
+    out, stats = psa_attention(x.q, x.k, x.v, config=x.cfg, return_stats=True)
+    res = _t10("psa_attention", x.case, out, x.q, x.k, x.v, _psa_ref(x, build_level_map(x.q, x.k, x.cfg)))
     if stats.backend != "triton":
         res.update(passed=False, detail=f"ran on the {stats.backend} backend, not the Triton kernels")
     else:
         res["detail"] += f"; density {stats.density:.3f}"
-    out.append(res)
-    return out
+    return res
+
+
+CHECKS = (("estimator", _check_estimator), ("similarity cap", _check_similarity), ("selection", _check_selection),
+          ("index list", _check_index_list), ("pooling", _check_pooling), ("attention", _check_attention),
+          ("psa_attention", _check_public_op))
+
+
+def check_case(case: Case, seed: int = 0) -> list[dict]:
+    """Every kernel on one shape against the pure-Paddle reference; a kernel that raises fails its own check."""
+    try:
+        inputs = _Inputs(case, seed)
+    except Exception as exc:
+        return [_result("reference", case, None, 0.0, False, f"raised {_first_line(exc)}")]
+    results = []
+    for kernel, check in CHECKS:
+        try:
+            results.append(check(inputs))
+        except Exception as exc:
+            results.append(_result(kernel, case, None, 0.0, False, f"raised {_first_line(exc)}"))
+    return results
 
 
 def run_cases(cases) -> list[dict]:
-    results = []
-    for case in cases:
-        try:
-            results.extend(check_case(case))
-        except Exception as exc:                  # a crashing kernel is a failed check, named with its shape
-            results.append(_result("pipeline", case, float("nan"), 0.0, False,
-                                   f"raised {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"))
-    return results
+    return [r for case in cases for r in check_case(case)]
 
 
 def interpreted_checks(timeout: float = 600) -> list[dict]:
@@ -250,7 +324,7 @@ def interpreted_checks(timeout: float = 600) -> list[dict]:
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return [_result("interpreter", case, float("nan"), 0.0, False, f"child process failed: {tail}")
+        return [_result("interpreter", case, None, 0.0, False, f"child process failed: {tail}")
                 for case in INTERPRETER_CASES]
     return json.loads(lines[-1])["checks"]
 
@@ -284,12 +358,12 @@ def _dense_baselines(qs, ks, vs) -> dict:
         try:
             out[name] = _median_ms(fn)
         except Exception as exc:
-            out[name] = f"failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]}"
+            out[name] = f"failed: {_first_line(exc)[:200]}"
     try:
         paddle.set_flags({"FLAGS_flash_attn_version": 3})
         out["flash_attention_fa3"] = _median_ms(lambda: flash_attention(qs, ks, vs, causal=True))
     except Exception as exc:
-        out["flash_attention_fa3"] = f"failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]}"
+        out["flash_attention_fa3"] = f"failed: {_first_line(exc)[:200]}"
     finally:
         try:
             paddle.set_flags({"FLAGS_flash_attn_version": 2})
@@ -358,8 +432,9 @@ def format_report(report: dict) -> list[str]:
              "under the Triton interpreter on CPU, tiny shapes")
     lines.append(f"kernel checks ({where}; against the pure-Paddle reference):")
     for c in report["checks"]:
+        err = "n/a" if c["max_error"] is None else f"{c['max_error']:.3g}"
         lines.append(f"  {'PASS' if c['passed'] else 'FAIL'} {c['kernel']:<15} {c['shape']:<40} "
-                     f"max error {c['max_error']:.3g} (tolerance {c['tolerance']:.3g}; {c['detail']})")
+                     f"max error {err} (tolerance {c['tolerance']:.3g}; {c['detail']})")
     t = report["timing"]
     if t["possible"]:
         lines.append("timing (median of 10, ms; Qwen2.5-VL-7B text attention, default config):")
@@ -377,6 +452,9 @@ def format_report(report: dict) -> list[str]:
 
 def _child_main() -> int:
     """Entry of the interpreter child: TRITON_INTERPRET=1 is already set, nothing has imported Triton yet."""
+    import paddle
+
+    paddle.device.set_device("cpu")          # the interpreter works on host memory, even on a GPU build
     print(json.dumps({"checks": run_cases(INTERPRETER_CASES)}))
     return 0
 
