@@ -21,6 +21,17 @@ class _Storage:
         return self
 
 
+class _HostDType(str):
+    """Paddle's dtype as its str() ("paddle.float16"), plus the `itemsize` Triton's TensorDescriptor reads
+    (Paddle's dtype objects have none, and under the interpreter the descriptor's base must be the view)."""
+
+    @property
+    def itemsize(self) -> int:
+        name = self.split(".")[-1]
+        return {"float64": 8, "int64": 8, "float32": 4, "int32": 4, "float16": 2, "bfloat16": 2,
+                "int16": 2}.get(name, 1)
+
+
 class PaddleHostView:
     """Duck-typed stand-in for a CPU tensor as the Triton interpreter expects one."""
 
@@ -29,7 +40,7 @@ class PaddleHostView:
         self._ptr = tensor.data_ptr() if ptr is None else ptr
         self.shape = tuple(tensor.shape if shape is None else shape)
         self._strides = tuple(tensor.strides if strides is None else strides)
-        self.dtype = tensor.dtype                 # str() ends in float16 / bfloat16 / int32 ...
+        self.dtype = _HostDType(tensor.dtype)     # str() ends in float16 / bfloat16 / int32 ...
 
     # what Triton and our launchers read
     def data_ptr(self) -> int:
