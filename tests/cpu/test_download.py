@@ -261,3 +261,18 @@ def test_api_download_cap(tmp_path):
         with pytest.raises(DownloadError, match=r"above the 5.1 KiB limit for images"):
             app.inference_image(f"{base}/a.png", "x", max_new_tokens=1)
     assert _leftovers(tmp_path) == []
+
+
+def test_a_download_that_cannot_be_decoded_leaves_the_cache(tmp_path):
+    """A complete download that is not a usable image or video is not kept: the next run fetches it afresh."""
+    from paddlemix_psa.app import media
+
+    def garbage(path, c):
+        body = (b"\x89PNG\r\n\x1a\n" if path.endswith(".png") else b"\0\0\0\x18ftypmp42") + b"garbage" * 100
+        c.sendall(response(body, content_type="application/octet-stream"))
+    with raw_server(garbage) as (base, _):
+        with pytest.raises(MediaError, match="not a readable image"):
+            media.load_image(f"{base}/bad.png", cache_dir=tmp_path, quiet=True)
+        with pytest.raises(MediaError, match="not a readable video"):
+            media.load_video(f"{base}/bad.mp4", cache_dir=tmp_path, quiet=True)
+    assert _leftovers(tmp_path) == []

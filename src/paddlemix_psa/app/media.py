@@ -8,6 +8,7 @@ decoded where Pillow can, and video frames are sampled while they are decoded, s
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -16,7 +17,7 @@ import urllib.parse
 import urllib.request
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -129,15 +130,21 @@ def load_image(path_or_url: str | os.PathLike, *, max_pixels: int | None = None,
     Images above `decode_pixel_limit()` are refused from their header; below it, a JPEG is decoded at a reduced
     scale (`draft`) and other formats are box-reduced by an integer factor before the final resample.
     """
-    from PIL import Image, UnidentifiedImageError
-
     path = resolve_input(path_or_url, cache_dir=cache_dir, quiet=quiet, kind="image",
                          max_download_bytes=max_download_bytes)
+    with _uncached_if_unusable(path_or_url, path):
+        return _decode_image(path, path_or_url, min_pixels=min_pixels, max_pixels=max_pixels or MAX_PIXELS)
+
+
+def _decode_image(path: Path, path_or_url, *, min_pixels: int, max_pixels: int):
+    """`load_image` after the input is a local file (`path_or_url` names it in messages)."""
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # handled: reduced while decoding
             with Image.open(path) as im:
-                h, w = smart_resize(im.height, im.width, min_pixels=min_pixels, max_pixels=max_pixels or MAX_PIXELS)
+                h, w = smart_resize(im.height, im.width, min_pixels=min_pixels, max_pixels=max_pixels)
                 return _decode_reduced(im, w, h)
     except Image.DecompressionBombError as e:
         found = re.search(r"\((\d+) pixels\)", str(e))
@@ -281,15 +288,23 @@ def load_video(path_or_url: str | os.PathLike, *, fps: float = 1.0, max_frames: 
     Memory is bounded by `max_frames` whatever the container says: with a known duration only the target
     frames are kept; without one, an evenly thinned subset of at most `2 * max_frames` frames.
     """
-    import av
-    from tqdm.auto import tqdm
-
     if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
         raise MediaError(f"fps must be a positive number, got {fps!r}")
     if not isinstance(max_frames, int) or max_frames < FRAME_FACTOR:
         raise MediaError(f"max_frames must be an int >= {FRAME_FACTOR}, got {max_frames!r}")
     path = resolve_input(path_or_url, cache_dir=cache_dir, quiet=quiet, kind="video",
                          max_download_bytes=max_download_bytes)
+    with _uncached_if_unusable(path_or_url, path):
+        return _decode_video(path, path_or_url, fps=fps, max_frames=max_frames, max_pixels=max_pixels,
+                             total_pixels=total_pixels, quiet=quiet)
+
+
+def _decode_video(path: Path, path_or_url, *, fps: float, max_frames: int, max_pixels: int | None,
+                  total_pixels: int, quiet: bool) -> Video:
+    """`load_video` after the input is a local file (`path_or_url` names it in messages)."""
+    import av
+    from tqdm.auto import tqdm
+
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError, ValueError) as e:
@@ -362,6 +377,17 @@ def load_video(path_or_url: str | os.PathLike, *, fps: float = 1.0, max_frames: 
     times = [t for t, _ in picked]
     return Video(frames=frames, timestamps=times, sample_fps=n / duration, source_fps=src_fps, duration=duration,
                  source_size=(width, height), frames_decoded=decoded, sampling=plan[1], sizing=sizing)
+
+
+@contextlib.contextmanager
+def _uncached_if_unusable(source, path: Path) -> Iterator[None]:
+    """A downloaded file that cannot be used is removed from the cache: a later run downloads it afresh."""
+    try:
+        yield
+    except MediaError:
+        if is_url(os.fspath(source)):
+            path.unlink(missing_ok=True)
+        raise
 
 
 def _resize_frame(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
