@@ -369,7 +369,8 @@ def _decode_video(path: Path, path_or_url, *, fps: float, max_frames: int, max_p
     cap = max_pixels or VIDEO_MAX_PIXELS
     budget = frame_pixel_budget(n, max_pixels=cap, total_pixels=total_pixels)
     h, w = smart_resize(height, width, min_pixels=min(MIN_PIXELS, budget), max_pixels=budget)
-    sizing = f"{width}x{height} -> {w}x{h} px per frame ({h * w // FACTOR ** 2} tokens before the temporal merge)"
+    sizing = (f"{width}x{height} -> {w}x{h} px per frame ({h * w // FACTOR ** 2} tokens per temporal patch of "
+              f"{FRAME_FACTOR} frames)")
     if budget < cap:
         sizing += (f"; downscaled so that {n} frames stay within the total budget of "
                    f"{total_pixels // FACTOR ** 2} tokens")
