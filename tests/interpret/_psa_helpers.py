@@ -86,7 +86,7 @@ def rand_qkv(rng, B, Hq, Hkv, Lq, Lk, D, dtype=np.float32):
 
 
 def oracle_lse(q, k, M, *, query_block, key_block, causal=True, scale=None, gqa_mask="per_head"):
-    """fp64 log-sum-exp of PSA-SPEC §4.1 (brute force), [B, Hq, Lq]."""
+    """fp64 log-sum-exp of docs/ALGORITHM.md §4.1 (brute force), [B, Hq, Lq]."""
     q = q.astype(np.float64)
     k = k.astype(np.float64)
     B, Hq, Lq, D = q.shape

@@ -1,4 +1,4 @@
-"""Duck-typed host view over a numpy array for TRITON_INTERPRET=1 (TRITON-PADDLE.md §6, layer 1).
+"""Duck-typed host view over a numpy array for TRITON_INTERPRET=1 (docs/LAUNCH.md §6, layer 1).
 
 The interpreter stages every pointer argument through torch's storage API (``untyped_storage``, ``new_empty``,
 ``set_``); this view provides just enough of it, works in place on the numpy memory, and reports **element**

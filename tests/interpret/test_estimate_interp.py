@@ -1,4 +1,4 @@
-"""psa_estimate_scores under the Triton interpreter vs the fp64 oracle (PSA-SPEC §6.1, §6.2, §6.4; T5)."""
+"""psa_estimate_scores under the Triton interpreter vs the fp64 oracle (docs/ALGORITHM.md §6.1, §6.2, §6.4; T5)."""
 import numpy as np
 import pytest
 

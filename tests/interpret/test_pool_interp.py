@@ -1,4 +1,4 @@
-"""psa_pool_kv under the Triton interpreter vs the fp64 oracle (PSA-SPEC §3)."""
+"""psa_pool_kv under the Triton interpreter vs the fp64 oracle (docs/ALGORITHM.md §3)."""
 import numpy as np
 import pytest
 

@@ -1,4 +1,4 @@
-"""psa_select_levels / psa_build_lut under the Triton interpreter vs the fp64 oracle (PSA-SPEC §7, §8; T6)."""
+"""psa_select_levels / psa_build_lut under the Triton interpreter vs the fp64 oracle (docs/ALGORITHM.md §7, §8; T6)."""
 import math
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""psa_similarity_cap under the Triton interpreter vs the fp64 oracle (PSA-SPEC §8 F5; T7)."""
+"""psa_similarity_cap under the Triton interpreter vs the fp64 oracle (docs/ALGORITHM.md §8 F5; T7)."""
 import numpy as np
 import pytest
 

@@ -5,7 +5,7 @@ Without a Paddle GPU the kernel checks run under the Triton interpreter on tiny 
 (`TRITON_INTERPRET=1` must be set before Triton compiles anything), and no timing is attempted.
 Tolerances: integer outputs (similarity cap, level map, index list) must be equal; fp32 estimator scores
 within rtol 1e-3 / atol 1e-5; pooled K/V within one rounding of the dtype; attention by the project's rule
-(PSA-SPEC T10): error vs the fp64 (GPU: fp32) reference <= 2x the error of Paddle's low-precision dense
+(docs/ALGORITHM.md T10): error vs the fp64 (GPU: fp32) reference <= 2x the error of Paddle's low-precision dense
 attention against its own upcast result, plus atol 1e-3 (fp16) / 4e-3 (bf16) / 1e-5 (fp32).
 """
 from __future__ import annotations
@@ -148,7 +148,7 @@ def _equal(kernel, case, got, ref) -> dict:
 
 
 def _t10(kernel, case, got, q, k, v, oracle_fn) -> dict:
-    """PSA-SPEC T10: kernel error vs the upcast oracle <= 2x Paddle's low-precision dense error + atol."""
+    """docs/ALGORITHM.md T10: kernel error vs the upcast oracle <= 2x Paddle's low-precision dense error + atol."""
     from ..reference import dense_attention_ref
 
     wide = "float64" if q.place.is_cpu_place() else "float32"
