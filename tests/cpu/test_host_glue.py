@@ -165,3 +165,28 @@ def test_resaved_checkpoint_workaround(tmp_path):
     with pytest.raises(Exception, match="qkv_proj.bias"):
         Model.from_pretrained(str(tmp_path))
     assert Model.from_pretrained(str(tmp_path), load_checkpoint_format="safetensors") is not None
+
+
+def test_paddlemix_registration_failure_names_its_cause(monkeypatch, caplog):
+    """The PaddleMIX side of a failed automatic registration: one warning, placeholder classes whose
+    construction raises the plugin's error with the cause (PaddleMIX itself is not installed in CI)."""
+    from paddlemix_psa.integrations import PSANotRegisteredError, _autoload
+
+    class Eager:
+        def __init__(self, *args, **kwargs):
+            pass
+
+    fake = types.ModuleType(mix.MODULE_NAME)
+    fake.QWEN2_5_VL_VISION_ATTENTION_CLASSES = {"eager": Eager}
+    fake.QWEN2_5_VL_ATTENTION_CLASSES = {"eager": Eager}
+    monkeypatch.setattr(_autoload, "FAILURES", {})
+    for key, value in (("mode", None), ("why", ""), ("modules", [])):
+        monkeypatch.setitem(mix._STATE, key, value)
+    caplog.set_level(logging.WARNING, logger="paddlemix_psa")
+    for _ in range(2):                                   # a second failure does not warn again
+        _autoload._record_failure(mix.MODULE_NAME, fake, TypeError("class tables are frozen"))
+    warnings = [r.getMessage() for r in caplog.records if "PaddleMIX" in r.getMessage()]
+    assert len(warnings) == 1 and "class tables are frozen" in warnings[0]
+    with pytest.raises(PSANotRegisteredError, match="class tables are frozen"):
+        fake.QWEN2_5_VL_ATTENTION_CLASSES["psa"]()
+    assert "class tables are frozen" in mix.not_registered_reason()
