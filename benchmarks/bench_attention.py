@@ -3,16 +3,24 @@
 
 Shapes: the Qwen2.5-VL-7B LLM (H_q=28, H_kv=4, D=128, bf16, causal, B=1) at several lengths.
 Rows per length:
-  dense        torch SDPA, fastest of the flash / cuDNN / efficient backends (named in the table)
-  psa@d        PSA attention kernel alone on a fixed structured level map of FLOP density d (pool + lut prebuilt)
-  psa-full:X   the whole kernel pipeline (estimate -> similarity -> select -> lut -> pool -> attention) with
-               configuration X (FULL_CONFIGS: the default AttentionConfig; topk10, a topk operating point near
-               FLOP density 0.1), on paddlemix_psa.synthetic inputs; "est share" = (estimate + similarity +
-               select) / total, timed as psa_level_map_kernels alone
-Columns: median ms (triton.testing.do_bench, cold L2), ratio = dense ms / row ms, TFLOP/s of the work done
+  dense          torch SDPA, fastest of the flash / cuDNN / efficient backends (named in the table)
+  dense-fa2      torch's FlashAttention-2 backend, for context
+  triton-dense   benchmarks/triton_dense.py: a dense causal Triton forward with TMA and the PSA tiles, the
+                 ceiling a Triton kernel reaches on the card
+  psa@d          PSA attention kernel alone on a fixed structured level map of FLOP density d (pool, lut and
+                 level-1 runs prebuilt)
+  psa-full:X     the whole kernel pipeline (estimate -> similarity -> select -> lut -> pool -> attention) with
+                 configuration X (FULL_CONFIGS: default = AttentionConfig(), paper = AttentionConfig.preset
+                 ("paper")), on paddlemix_psa.synthetic inputs; "plan" = estimate + similarity + select timed as
+                 psa_level_map_kernels alone; "graph" = the same forward captured in a CUDA graph and replayed;
+                 "scratch" = peak device memory of the plan beyond the inputs
+  original       with --original PATH: the original PSA (a ziplab/Pyramid-Sparse-Attention checkout the user
+                 provides, imported at run time by benchmarks/original_psa.py) at the paper configuration, on
+                 the same inputs as psa-full, with its own sparsity and its error vs dense
+Columns: median ms (triton.testing.do_bench), ratio = dense ms / row ms, TFLOP/s of the work done
 (density x dense causal FLOPs / time), measured density, cosine and rel-L2 of the output vs dense.
 
-    PYTHONPATH=src python3 benchmarks/bench_attention.py --lengths 8k,16k,32k,64k,128k
+    PYTHONPATH=src python3 benchmarks/bench_attention.py --lengths 8k,16k,32k,64k,128k [--original PATH]
 """
 from __future__ import annotations
 
@@ -118,19 +126,29 @@ def dense_flops(L):
 
 
 def psa_fixed(q, k, v, M, cfg):
+    """The attention kernel alone on level map ``M``, with the pipeline's index list (level-1 runs included)."""
+    from paddlemix_psa.kernels.attn_fwd import default_config, run_blocks_for
+    from paddlemix_psa.kernels.select import psa_build_lut
+
     levels = tuple(p for p in (2, 4, 8) if bool((M == p).any()))
-    Lk = k.shape[2]
+    Lq, Lk = q.shape[2], k.shape[2]
     kp = {p: torch.empty((B, HKV, -(-Lk // p), D), device="cuda", dtype=k.dtype) for p in levels}
     vp = {p: torch.empty_like(kp[p]) for p in levels}
     psa_pool_kv(k, v, kp, vp)
-    lut, cnt = T.build_lut(M, Lq=q.shape[2], Lk=Lk, query_block=QB, key_block=KB)
-    out = torch.empty_like(q)
+    block_n = cfg.get("block_n") or default_config(D, QB, KB)["block_n"]
+    lut = torch.empty(M.shape, device="cuda", dtype=torch.int32)
+    cnt = torch.empty(M.shape[:3] + (4,), device="cuda", dtype=torch.int32)
+    runs = torch.empty(M.shape[:3], device="cuda", dtype=torch.int32)
+    psa_build_lut(M, lut, cnt, Lq=Lq, Lk=Lk, query_block=QB, key_block=KB, causal=True, runs=runs,
+                  run_blocks=run_blocks_for(block_n, KB))
+    run_share = float(runs.sum()) * run_blocks_for(block_n, KB) / max(1.0, float(cnt[..., 0].sum()))
+    out = torch.full_like(q, float("nan"))
 
     def fn():
         psa_attn_fwd(q, k, v, kp, vp, lut, cnt, out, query_block=QB, key_block=KB, causal=True,
-                     levels=(1,) + levels, **cfg)
+                     levels=(1,) + levels, runs=runs, config=cfg)
         return out
-    return fn, out
+    return fn, out, run_share
 
 
 def run_length(L, args, results, cfg):
@@ -157,16 +175,35 @@ def run_length(L, args, results, cfg):
         except Exception:
             traceback.print_exc()
     args.fa2_ms = fa2_ms
+    try:
+        from triton_dense import dense_causal_attention
+        tout = torch.full_like(q, float("nan"))
+
+        def tdense():
+            return dense_causal_attention(q, k, v, tout, **TRITON_DENSE_CFG)
+        tdense()
+        cos, rel = quality(tout, ref)
+        ms = bench_ms(tdense)
+        row = dict(L=L, row="triton-dense", impl="triton_dense.py (TMA)", ms=ms, ratio=dense_ms / ms,
+                   tflops=F / ms / 1e9, density=1.0, cos=cos, rel_l2=rel, est_share=None,
+                   ratio_fa2=None if fa2_ms is None else fa2_ms / ms)
+        results.append(row)
+        print_row(row)
+        del tout
+    except Exception:
+        traceback.print_exc()
     for dens in args.densities:
         try:
             M = T.structured_level_map(B, HQ, L, L, QB, KB, dens, seed=1)
             md = T.density(M, Lq=L, Lk=L, query_block=QB, key_block=KB)
-            fn, out = psa_fixed(q, k, v, M, cfg)
+            fn, out, run_share = psa_fixed(q, k, v, M, cfg)
             fn()
+            assert not torch.isnan(out).any(), "NaN in the PSA output"
             cos, rel = quality(out, ref)
             ms = bench_ms(fn)
-            row = dict(L=L, row=f"psa@{dens:g}", impl="psa_attn_fwd", ms=ms, ratio=dense_ms / ms,
-                       tflops=md * F / ms / 1e9, density=md, cos=cos, rel_l2=rel, est_share=None,
+            row = dict(L=L, row=f"psa@{dens:g}", impl=f"psa_attn_fwd (runs {100 * run_share:.0f}% of L1)", ms=ms,
+                       ratio=dense_ms / ms, tflops=md * F / ms / 1e9, density=md, cos=cos, rel_l2=rel,
+                       est_share=None, level1_run_share=run_share,
                        ratio_fa2=None if args.fa2_ms is None else args.fa2_ms / ms)
             results.append(row)
             print_row(row)
@@ -183,12 +220,38 @@ def run_length(L, args, results, cfg):
     torch.cuda.empty_cache()
 
 
-#: full-pipeline configurations: the default AttentionConfig, and a topk operating point near FLOP density 0.1
-FULL_CONFIGS = {
-    "default": dict(),
-    "topk10": dict(mask_mode="topk", mask_ratios={1: (0.0, 0.04), 2: (0.04, 0.08), 4: (0.08, 0.12),
-                                                   8: (0.12, 0.16), 0: (0.16, 1.0)}),
-}
+#: triton-dense launch config: the best of the H200 sweep (benchmarks/NOTES-attn.md)
+TRITON_DENSE_CFG = dict(block_m=128, block_n=64, num_warps=4, num_stages=2)
+
+
+def _full_configs():
+    from paddlemix_psa.config import AttentionConfig
+
+    out = {}
+    for name in ("default", "paper"):
+        c = AttentionConfig.preset(name)
+        out[name] = dict(query_block=c.query_block, key_block=c.key_block, mask_mode=c.mask_mode,
+                         mask_ratios=dict(c.mask_ratios), xattn_stride=c.xattn_stride,
+                         dense_tail_tokens=c.dense_tail_tokens, force_sink=c.force_sink, sim_cap=c.sim_cap,
+                         sim_thresholds=tuple(c.sim_thresholds), gqa_mask=c.gqa_mask)
+    return out
+
+
+#: full-pipeline configurations: the default AttentionConfig and the paper preset
+FULL_CONFIGS = _full_configs()
+
+
+def _graph_ms(fn):
+    """Median replay time of ``fn`` captured in a CUDA graph (the forward has no host synchronisation)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return bench_ms(graph.replay), graph
 
 
 def run_full(q, k, v, L, ref, dense_ms, F, results, args):
@@ -207,19 +270,66 @@ def run_full(q, k, v, L, ref, dense_ms, F, results, args):
             return pipeline.psa_level_map_kernels(q, k, alloc=alloc, **plan_kw)
 
         out, M, lut, cnt = full()
+        assert not torch.isnan(out).any(), "NaN in the PSA output"
         cos, rel = quality(out, ref)
-        md = T.density(M, Lq=L, Lk=L, query_block=QB, key_block=KB)
+        md = T.density(M, Lq=L, Lk=L, query_block=plan_kw["query_block"], key_block=plan_kw["key_block"])
+        hist = {p: float((M == p).float().mean()) for p in (0, 1, 2, 4, 8)}
+        del out, M, lut, cnt
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        plan()
+        torch.cuda.synchronize()
+        scratch = torch.cuda.max_memory_allocated() - base
         ms = bench_ms(full)
         plan_ms = bench_ms(plan)
-        print(f"  full-PSA [{name}] estimate+mask {plan_ms:.3f} ms of {ms:.3f} ms", flush=True)
-        hist = {p: float((M == p).float().mean()) for p in (0, 1, 2, 4, 8)}
+        marks = []
+
+        def mark(stage):
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            marks.append((stage, ev))
+
+        start = torch.cuda.Event(enable_timing=True)
+        start.record()
+        pipeline.psa_forward_kernels(q, k, v, alloc=alloc, attn_config=args.cfg or None, on_stage=mark, **plan_kw)
+        torch.cuda.synchronize()
+        prev, split = start, {}
+        for stage, ev in marks:
+            split[stage] = prev.elapsed_time(ev)
+            prev = ev
+        try:
+            graph_ms, graph = _graph_ms(full)
+            del graph
+        except Exception as e:  # report, never hide: a capture failure is a finding
+            print(f"  full-PSA [{name}] CUDA graph capture failed: {type(e).__name__}: {str(e)[:160]}")
+            graph_ms = None
+        print(f"  full-PSA [{name}] plan {plan_ms:.3f} ms of {ms:.3f} ms; graph replay "
+              f"{'-' if graph_ms is None else f'{graph_ms:.3f}'} ms; plan scratch {scratch / 2**20:.0f} MiB; "
+              f"stages {', '.join(f'{k} {v:.3f}' for k, v in split.items())}", flush=True)
         row = dict(L=L, row=f"psa-full:{name}", impl="pipeline", ms=ms, ratio=dense_ms / ms,
                    tflops=md * F / ms / 1e9, density=md, cos=cos, rel_l2=rel, est_share=plan_ms / ms,
-                   est_ms=plan_ms, est_vs_dense=plan_ms / dense_ms, level_hist=hist,
+                   est_ms=plan_ms, est_vs_dense=plan_ms / dense_ms, level_hist=hist, stages_ms=split,
+                   graph_ms=graph_ms, plan_scratch_bytes=scratch,
                    ratio_fa2=None if args.fa2_ms is None else args.fa2_ms / ms)
         results.append(row)
         print_row(row)
-        del out, M, lut, cnt
+    if args.original:
+        run_original(q, k, v, L, ref, dense_ms, F, results, args)
+
+
+def run_original(q, k, v, L, ref, dense_ms, F, results, args):
+    from original_psa import OriginalPSA
+
+    orig = OriginalPSA(args.original)
+    out, sparsity, density = orig.run(q, k, v)
+    cos, rel = quality(out, ref)
+    ms = bench_ms(orig.make_fn(q, k, v))
+    row = dict(L=L, row="original", impl="ziplab PSA (paper cfg)", ms=ms, ratio=dense_ms / ms,
+               tflops=density * F / ms / 1e9, density=density, sparsity=sparsity, cos=cos, rel_l2=rel,
+               est_share=None, ratio_fa2=None if args.fa2_ms is None else args.fa2_ms / ms)
+    results.append(row)
+    print_row(row)
 
 
 def print_row(r):
@@ -228,22 +338,32 @@ def print_row(r):
           f"{r['tflops']:>7.1f} {r['density']:>7.3f} {r['cos']:>8.5f} {r['rel_l2']:>8.2e} {es:>6}", flush=True)
 
 
+#: the launch-config search space of the H200 sweeps (sm_90, D=128, key_block=32, bf16; the measured variants
+#: that needed kernel options, e.g. 64-row programs or a register cap, lost and were removed: NOTES-attn.md)
+SWEEP_SPACE = {
+    "default": {},
+    "run-stages-2": dict(run_stages=2),
+    "bn64-w8": dict(block_n=64),
+    "bn64-w4": dict(block_n=64, num_warps=4),
+    "bn64-w4-np32": dict(block_n=64, num_warps=4, block_n_pooled=32),
+    "gather-runs": dict(use_tma=False),
+}
+
+
 def sweep(L, args):
-    """Launch-config sweep for the attention kernel at one length (density 1.0 and 0.1 maps)."""
+    """Launch-config sweep of the attention kernel at one length (density 1.0 and 0.1 maps)."""
     q, k, v = synthetic_qkv(L, seed=L)
     res = []
     for dens in (1.0, 0.1):
         M = T.structured_level_map(B, HQ, L, L, QB, KB, dens, seed=1)
-        for bn, bnp, nw, ns, mg in args.configs:
-            c = dict(block_n=bn, block_n_pooled=bnp, num_warps=nw, num_stages=ns, merge_pooled=mg >= 1,
-                     merge_all=mg == 2)
+        for name, c in SWEEP_SPACE.items():
             try:
-                fn, out = psa_fixed(q, k, v, M, c)
+                fn, out, _ = psa_fixed(q, k, v, M, c)
                 ms = bench_ms(fn, rep_ms=150)
-                res.append(dict(L=L, density=dens, ms=ms, **c))
-                print(f"  sweep L={L} d={dens} {c}: {ms:.3f} ms", flush=True)
+                res.append(dict(L=L, density=dens, ms=ms, name=name, **c))
+                print(f"  sweep L={L} d={dens} {name} {c}: {ms:.3f} ms", flush=True)
             except Exception as e:
-                print(f"  sweep L={L} d={dens} {c}: FAILED {type(e).__name__}: {str(e)[:120]}", flush=True)
+                print(f"  sweep L={L} d={dens} {name} {c}: FAILED {type(e).__name__}: {str(e)[:120]}", flush=True)
     return res
 
 
@@ -252,62 +372,36 @@ def main():
     ap.add_argument("--lengths", default="8k,16k,32k,64k,128k")
     ap.add_argument("--densities", default="1.0,0.5,0.25,0.1")
     ap.add_argument("--no-full", action="store_true", help="skip the full-pipeline rows")
-    ap.add_argument("--full-configs", default="default,topk10",
+    ap.add_argument("--full-configs", default="default,paper",
                     help=f"full-pipeline configurations, from {sorted(FULL_CONFIGS)}")
-    ap.add_argument("--sweep", default="", help="lengths for a launch-config sweep, e.g. 32k")
-    ap.add_argument("--configs", default="128:64:8:2:1,128:128:8:2:2,64:64:8:2:2,64:64:8:3:2,128:128:8:2:1",
-                    help="block_n:block_n_pooled:num_warps:num_stages:merge list for --sweep "
-                         "(merge 0: a loop pair per level, 1: pooled levels merged, 2: all levels merged)")
-    ap.add_argument("--wait-file", default=None, help="wait (<= 300 s) for this file before the table")
-    ap.add_argument("--auto", action="store_true",
-                    help="run the table with the sweep's best config (sum of time ratios to the best per density)")
-    ap.add_argument("--block-n", type=int, default=None)
-    ap.add_argument("--num-warps", type=int, default=None)
-    ap.add_argument("--num-stages", type=int, default=None)
-    ap.add_argument("--block-n-pooled", type=int, default=None)
+    ap.add_argument("--original", default=None, metavar="PATH",
+                    help="a ziplab/Pyramid-Sparse-Attention checkout: adds the `original` row")
+    ap.add_argument("--sweep", default="", help=f"lengths for a launch-config sweep over {sorted(SWEEP_SPACE)}")
     ap.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "results.json"))
     ap.add_argument("--md", default=os.path.join(ROOT, "benchmarks", "RESULTS.md"))
     args = ap.parse_args()
     args.densities = [float(x) for x in args.densities.split(",") if x]
     args.full_configs = [x for x in args.full_configs.split(",") if x]
-    args.configs = [tuple(int(y) for y in c.split(":")) for c in args.configs.split(",") if c]
     args.dense_backend = None
-    cfg = {k: v for k, v in dict(block_n=args.block_n, num_warps=args.num_warps, num_stages=args.num_stages,
-                                 block_n_pooled=args.block_n_pooled).items() if v is not None}
+    cfg = {}
     card = torch.cuda.get_device_name()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     cmd = "PYTHONPATH=src python3 benchmarks/bench_attention.py " + " ".join(sys.argv[1:])
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True).stdout.strip() or "uncommitted"
-    except Exception:
-        commit = "unknown"
+    commit = os.environ.get("PSA_BENCH_COMMIT")  # the device copy of the tree carries no .git
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                    text=True).stdout.strip() or "uncommitted"
+        except Exception:
+            commit = "unknown"
     print(f"card: {card}; torch {torch.__version__}; triton {triton.__version__}; {date}; cfg {cfg or 'default'}")
     sweeps = []
     for s in [x for x in args.sweep.split(",") if x]:
         sweeps += sweep(parse_len(s), args)
-    if args.auto and sweeps:
-        keys = ("block_n", "block_n_pooled", "num_warps", "num_stages", "merge_pooled", "merge_all")
-        best = {}
-        for r in sweeps:
-            best[(r["L"], r["density"])] = min(best.get((r["L"], r["density"]), float("inf")), r["ms"])
-        score = {}
-        for r in sweeps:
-            c = tuple(r[k] for k in keys)
-            score.setdefault(c, []).append(r["ms"] / best[(r["L"], r["density"])])
-        n = max(len(v) for v in score.values())
-        c = min((c for c in score if len(score[c]) == n), key=lambda c: sum(score[c]))
-        cfg = dict(zip(keys, c))
-        print(f"auto-selected launch config: {cfg} (score {sum(score[c]) / n:.3f})")
     args.cfg = cfg
-    if args.wait_file:  # e.g. wait for a concurrent test run to finish before timing the table
-        t0 = time.time()
-        while not os.path.exists(args.wait_file) and time.time() - t0 < 300:
-            time.sleep(1)
-        print(f"waited {time.time() - t0:.0f} s for {args.wait_file}", flush=True)
     results = []
     print(f"{'L':>7} {'row':<10} {'impl':<26} {'ms':>9} {'ratio':>7} {'TFLOP/s':>7} {'density':>7} {'cos':>8} "
-          f"{'relL2':>8} {'est%':>6}")
+          f"{'relL2':>8} {'plan%':>6}")
     for s in [x for x in args.lengths.split(",") if x]:
         try:
             run_length(parse_len(s), args, results, cfg)
@@ -323,16 +417,19 @@ def main():
              f"{triton.__version__}); B={B}, H_q={HQ}, H_kv={HKV}, D={D}, bf16, causal, query_block={QB}, "
              f"key_block={KB}\n",
              "| L | row | impl | median ms | dense/row | FA2/row | TFLOP/s (work done) | density | cos vs dense "
-             "| rel-L2 vs dense | est. share | est./dense |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| rel-L2 vs dense | plan/dense | graph ms | plan scratch MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if r.get("ms") is None:
-            lines.append(f"| {r['L']} | {r['row']} | {r['impl']} | — | — | — | — | — | — | — | — | — |")
+            lines.append(f"| {r['L']} | {r['row']} | {r['impl']} | — | — | — | — | — | — | — | — | — | — |")
             continue
-        es = "" if r.get("est_share") is None else f"{100 * r['est_share']:.1f}%"
         f2 = "" if r.get("ratio_fa2") is None else f"{r['ratio_fa2']:.2f}x"
         ev = "" if r.get("est_vs_dense") is None else f"{100 * r['est_vs_dense']:.1f}%"
+        gm = "" if r.get("graph_ms") is None else f"{r['graph_ms']:.3f}"
+        sc = "" if r.get("plan_scratch_bytes") is None else f"{r['plan_scratch_bytes'] / 2**20:.0f}"
         lines.append(f"| {r['L']} | {r['row']} | {r['impl']} | {r['ms']:.3f} | {r['ratio']:.2f}x | {f2} | "
-                     f"{r['tflops']:.1f} | {r['density']:.3f} | {r['cos']:.5f} | {r['rel_l2']:.2e} | {es} | {ev} |")
+                     f"{r['tflops']:.1f} | {r['density']:.3f} | {r['cos']:.5f} | {r['rel_l2']:.2e} | {ev} | {gm} | "
+                     f"{sc} |")
     with open(args.md, "a") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

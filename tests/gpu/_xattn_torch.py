@@ -6,7 +6,7 @@ import math
 
 
 def xattn_scores_torch(q, k, *, query_block, key_block, stride, causal=True, scale=None):
-    """PSA-SPEC §6.1 in float64 on q's device; q [B, Hq, Lq, D], k [B, Hkv, Lk, D] (BHSD). Returns [B, Hq, nq, nk]."""
+    """docs/ALGORITHM.md §6.1 in float64 on q's device; q [B, Hq, Lq, D], k [B, Hkv, Lk, D] (BHSD). Returns [B, Hq, nq, nk]."""
     import torch
 
     B, Hq, Lq, D = q.shape

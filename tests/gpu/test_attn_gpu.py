@@ -1,4 +1,4 @@
-"""psa_attn_fwd on GPU with torch tensors vs an fp32/fp64 torch oracle (PSA-SPEC §4, §5, §11: T1-T4, T9, T10).
+"""psa_attn_fwd on GPU with torch tensors vs an fp32/fp64 torch oracle (docs/ALGORITHM.md §4, §5, §11: T1-T4, T9, T10).
 
 Tolerances (rel-L2 against the fp32 oracle): bf16 <= 1e-2, fp16 <= 5e-3. Every output is poisoned with NaN
 before the call, so an unwritten row fails.

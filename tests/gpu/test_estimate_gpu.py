@@ -1,4 +1,4 @@
-"""psa_estimate_scores / psa_similarity_cap on GPU (torch tensors) at realistic shapes (PSA-SPEC §6.1, §8 F5; T5, T7).
+"""psa_estimate_scores / psa_similarity_cap on GPU (torch tensors) at realistic shapes (docs/ALGORITHM.md §6.1, §8 F5; T5, T7).
 
 References: the numpy fp64 oracle (small shapes) and its torch fp64 port ``_xattn_torch`` (large shapes), which is
 itself cross-checked against the numpy oracle here.

@@ -1,4 +1,4 @@
-"""psa_pool_kv on GPU (torch tensors) vs torch fp32 valid-token means (PSA-SPEC §3)."""
+"""psa_pool_kv on GPU (torch tensors) vs torch fp32 valid-token means (docs/ALGORITHM.md §3)."""
 import pytest
 
 from torch_oracle import pool_mean, run_pool_kernel, to_layout

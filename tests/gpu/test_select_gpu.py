@@ -1,4 +1,4 @@
-"""psa_select_levels / psa_build_lut on GPU at realistic shapes vs the numpy fp64 oracle (PSA-SPEC §7, §8; T6),
+"""psa_select_levels / psa_build_lut on GPU at realistic shapes vs the numpy fp64 oracle (docs/ALGORITHM.md §7, §8; T6),
 plus a timing print of the whole mask pipeline (estimator + cap + select + LUT) at 32k."""
 import math
 

@@ -1,4 +1,4 @@
-"""Fast fp32 (or fp64) torch oracle for PSA (PSA-SPEC §4.2, vectorised form) used by the GPU tests/benchmarks.
+"""Fast fp32 (or fp64) torch oracle for PSA (docs/ALGORITHM.md §4.2, vectorised form) used by the GPU tests/benchmarks.
 
 Layout BHSD, GQA through h // G without repeating K/V in memory. Cross-checked against tests/oracle.py (numpy
 fp64 brute force) at small shapes in tests/gpu/test_attn_gpu.py.
@@ -187,7 +187,7 @@ def _structured(B, H, Lq, Lk, query_block, key_block, w1, rnd_frac, seed, causal
 
 
 def density(level_map, *, Lq, Lk, query_block, key_block, causal=True):
-    """PSA-SPEC §9 FLOP density over valid pairs, averaged over (b, h) with valid-pair weights."""
+    """docs/ALGORITHM.md §9 FLOP density over valid pairs, averaged over (b, h) with valid-pair weights."""
     M = level_map
     B, H, nq, nk = M.shape
     j = torch.arange(nk, device=M.device)

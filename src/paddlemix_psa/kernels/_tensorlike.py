@@ -7,7 +7,7 @@ element strides and dtype names through the helpers below. Stdlib only.
 
 from __future__ import annotations
 
-__all__ = ["strides", "dtype_name", "shape", "DTYPE_NAMES"]
+__all__ = ["strides", "dtype_name", "shape", "narrow", "DTYPE_NAMES"]
 
 #: canonical dtype names the kernels accept somewhere (attention: the first three)
 DTYPE_NAMES = ("float16", "bfloat16", "float32", "int8", "int32", "int64", "float64")
@@ -51,3 +51,51 @@ def dtype_name(t) -> str:
         name = name[len("dtype("):].strip("'\")")
     aliases = {"half": "float16", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
     return aliases.get(name, name)
+
+
+_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "int8": 1, "int32": 4, "int64": 8, "float64": 8}
+
+
+class SliceView:
+    """``t`` narrowed to ``[start, stop)`` along one axis, for launchers (no copy, no framework call).
+
+    Compiled launches read ``data_ptr()`` and ``dtype``; launchers read ``shape`` and ``strides``; the Triton
+    interpreter stages arguments through ``untyped_storage`` / ``new_empty`` / ``set_`` and reads
+    ``storage_offset``, ``size`` and ``stride``, all delegated to the base with the offset added.
+    """
+
+    def __init__(self, t, axis: int, start: int, stop: int):
+        base_shape, base_strides = shape(t), strides(t)
+        if not 0 <= start <= stop <= base_shape[axis]:
+            raise ValueError(f"slice [{start}, {stop}) out of range for axis {axis} of shape {base_shape}")
+        self._base = t
+        self._offset = start * base_strides[axis]
+        self.shape = base_shape[:axis] + (stop - start,) + base_shape[axis + 1:]
+        self.strides = base_strides
+        self.dtype = t.dtype
+
+    def data_ptr(self) -> int:
+        return self._base.data_ptr() + self._offset * _ITEMSIZE[dtype_name(self._base)]
+
+    # --- the interpreter's staging protocol
+    def untyped_storage(self):
+        return self._base.untyped_storage()
+
+    def new_empty(self, *args, **kwargs):
+        return self._base.new_empty(*args, **kwargs)
+
+    def storage_offset(self) -> int:
+        return self._base.storage_offset() + self._offset
+
+    def size(self):
+        return self.shape
+
+    def stride(self):
+        return self.strides
+
+
+def narrow(t, axis: int, start: int, stop: int):
+    """``t`` itself when the slice is whole, else a :class:`SliceView`."""
+    if start == 0 and stop == shape(t)[axis]:
+        return t
+    return SliceView(t, axis, start, stop)

@@ -1,4 +1,4 @@
-"""XAttention antidiagonal block-importance estimator (PSA-SPEC §6.1, §6.2, §6.4).
+"""XAttention antidiagonal block-importance estimator (docs/ALGORITHM.md §6.1, §6.2, §6.4).
 
 For query head h (keys of KV head ``h // G``, never expanded) and stride S:
 
@@ -381,7 +381,7 @@ def psa_estimate_scores(q, k, out, *, query_block: int, key_block: int, stride: 
                         block_c: int | None = None, num_warps: int | None = None,
                         num_stages: int | None = None, scratch=None, method: str | None = None,
                         flatten: bool = False, block_k: int | None = None) -> None:
-    """XAttention block scores (PSA-SPEC §6.1) into the caller's ``out``.
+    """XAttention block scores (docs/ALGORITHM.md §6.1) into the caller's ``out``.
 
     Args:
         q: ``[B, H_q, Lq, D]`` (``"BHSD"``) or ``[B, Lq, H_q, D]`` (``"BSHD"``), fp16 / bf16 / fp32, unit stride on D.

@@ -10,9 +10,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._tensorlike import dtype_name, shape
+from ._tensorlike import dtype_name, narrow, shape
 from .attn_fwd import default_config, psa_attn_fwd, run_blocks_for
-from .estimate import psa_estimate_scores
+from .estimate import _pick_block_a, psa_estimate_scores
 from .pool import psa_pool_kv
 from .select import psa_build_lut, psa_select_levels
 from .similarity import psa_similarity_cap
@@ -56,41 +56,88 @@ def _noop(stage: str) -> None:
     pass
 
 
+#: plan scratch budget (estimator scratch + scores of one chunk of query blocks); a longer plan is chunked
+PLAN_SCRATCH_BYTES = 512 << 20
+
+
+@triton.jit
+def _zero_int8_kernel(Out, N, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(Out + offs, tl.zeros([BLOCK], tl.int8), mask=offs < N)
+
+
+def plan_chunks(B, Hq, Lq, Lk, *, query_block, key_block, stride, causal, budget=None) -> list:
+    """Query-block ranges ``[i0, i1)`` planned together, so that the estimator scratch and scores of one range
+    stay within ``budget`` bytes (default PLAN_SCRATCH_BYTES) whatever the head count. One range if it fits, if
+    the attention is not causal, or if ``Lk - Lq`` is not a multiple of ``stride`` (see below)."""
+    budget = PLAN_SCRATCH_BYTES if budget is None else budget
+    nq, nk = -(-Lq // query_block), -(-Lk // key_block)
+    # A chunk sees keys [0, q1 + off): positions stay those of the whole plan through bottom-right causal
+    # alignment, and the estimator's stride groups of keys stay whole when off is a multiple of the stride
+    # (plain prefill: off = 0); otherwise the last group of a chunk would be cut and its score would move.
+    if not causal or (Lk - Lq) % stride:
+        return [(0, nq)]
+    # per query block: the estimator's fp32 partial scores (query_block / stride reshaped rows) plus the scores
+    per_row = 4 * B * Hq * nk * (query_block // stride + 2)
+    rows = max(1, int(budget // per_row))
+    return [(i0, min(nq, i0 + rows)) for i0 in range(0, nq, rows)]
+
+
 def psa_level_map_kernels(q, k, *, alloc, query_block=128, key_block=32, causal=True, scale=None, layout="BHSD",
                           mask_mode="energybound", mask_ratios=None, xattn_stride=16, dense_tail_tokens=512,
                           prompt_end=None, force_sink=True, sim_cap=True, sim_thresholds=(0.75, 0.70, 0.70),
-                          gqa_mask="per_head", counters=None, on_stage=_noop):
+                          gqa_mask="per_head", counters=None, on_stage=_noop, scratch_budget=None):
     """Plan on the device: estimate -> (group mean) -> similarity cap -> select. Returns the int8 level map.
 
-    ``on_stage(name)`` is called after "estimate_ms" and "mask_ms" (the caller may synchronise and time).
+    Long plans run in chunks of query blocks (:func:`plan_chunks`): a chunk's queries see the keys up to its last
+    row (bottom-right causal alignment keeps every position), so its scores and levels are those of the whole
+    plan, and the scratch of a 128k call stays bounded. ``on_stage(name)`` is called after "estimate_ms" and
+    "mask_ms" (the caller may synchronise and time); with several chunks, after the last one.
     """
     mask_ratios = DEFAULT_MASK_RATIOS if mask_ratios is None else mask_ratios
+    if gqa_mask not in ("per_head", "per_kv_group"):
+        raise ValueError(f"gqa_mask must be 'per_head' or 'per_kv_group', got {gqa_mask!r}")
     B, Hq, Hkv, Lq, Lk, _ = _geometry(q, k, layout)
     G = Hq // Hkv
+    Hm = Hq if gqa_mask == "per_head" else Hkv
     nq, nk = -(-Lq // query_block), -(-Lk // key_block)
-    scores = alloc((B, Hq, nq, nk), "float32")
-    # single-pass estimator: one strided GEMM + a finalize pass, fp32 scratch from the caller's allocator
-    # (about 8x the size of ``scores`` with the 128/32/16 defaults; sizes: estimate.estimate_scratch_shapes)
-    psa_estimate_scores(q, k, scores, query_block=query_block, key_block=key_block, stride=xattn_stride,
-                        causal=causal, scale=scale, layout=layout, scratch=alloc)
-    Hm = Hq
-    if gqa_mask == "per_kv_group":
-        Hm = Hkv
-        grouped = alloc((B, Hkv, nq, nk), "float32")
-        _group_mean_kernel[(triton.cdiv(nq * nk, 1024), B * Hkv)](scores, grouped, nq * nk, G=G, BLOCK=1024)
-        scores = grouped
-    elif gqa_mask != "per_head":
-        raise ValueError(f"gqa_mask must be 'per_head' or 'per_kv_group', got {gqa_mask!r}")
-    on_stage("estimate_ms")
+    seq_axis = 2 if layout == "BHSD" else 1
     cap = None
-    if sim_cap:
-        cap = alloc((B, Hkv, nk), "int8")
-        psa_similarity_cap(k, cap, key_block=key_block, thresholds=tuple(sim_thresholds), layout=layout)
     level_map = alloc((B, Hm, nq, nk), "int8")
-    psa_select_levels(scores, level_map, Lq=Lq, Lk=Lk, query_block=query_block, key_block=key_block,
-                      causal=causal, mode=mask_mode, ends=mask_ratios, dense_tail_tokens=dense_tail_tokens,
-                      prompt_end=prompt_end, force_sink=force_sink, sim_cap=cap,
-                      gqa_group=G if gqa_mask == "per_head" else 1, counters=counters)
+    chunks = plan_chunks(B, Hq, Lq, Lk, query_block=query_block, key_block=key_block, stride=xattn_stride,
+                         causal=causal, budget=scratch_budget)
+    # every chunk tiles its rows like the whole plan would, so the fp32 sums (and the levels) do not move
+    block_a = _pick_block_a(nq * (query_block // xattn_stride), B * Hq, query_block // xattn_stride,
+                            dtype_name(q), whole_blocks=False)
+    if len(chunks) > 1:  # a chunk writes only its causally reachable columns: the rest stay 0
+        n = B * Hm * nq * nk
+        _zero_int8_kernel[(triton.cdiv(n, 4096),)](level_map, n, BLOCK=4096)
+    for i0, i1 in chunks:
+        q0, q1 = i0 * query_block, min(i1 * query_block, Lq)
+        Lk_c = min(Lk, q1 + Lk - Lq) if causal else Lk
+        nq_c, nk_c = i1 - i0, -(-Lk_c // key_block)
+        q_c, k_c = narrow(q, seq_axis, q0, q1), narrow(k, seq_axis, 0, Lk_c)
+        scores = alloc((B, Hq, nq_c, nk_c), "float32")
+        # single-pass estimator: one strided GEMM + a finalize pass, fp32 scratch from the caller's allocator
+        # (about query_block / stride times the size of ``scores``: estimate.estimate_scratch_shapes)
+        psa_estimate_scores(q_c, k_c, scores, query_block=query_block, key_block=key_block, stride=xattn_stride,
+                            causal=causal, scale=scale, layout=layout, scratch=alloc, block_a=block_a)
+        if gqa_mask == "per_kv_group":
+            grouped = alloc((B, Hkv, nq_c, nk_c), "float32")
+            _group_mean_kernel[(triton.cdiv(nq_c * nk_c, 1024), B * Hkv)](scores, grouped, nq_c * nk_c, G=G,
+                                                                           BLOCK=1024)
+            scores = grouped
+        if (i0, i1) == chunks[-1]:
+            on_stage("estimate_ms")
+        if sim_cap and cap is None:
+            cap = alloc((B, Hkv, nk), "int8")
+            psa_similarity_cap(k, cap, key_block=key_block, thresholds=tuple(sim_thresholds), layout=layout)
+        out_map = narrow(narrow(level_map, 2, i0, i1), 3, 0, nk_c)
+        psa_select_levels(scores, out_map, Lq=q1 - q0, Lk=Lk_c, query_block=query_block, key_block=key_block,
+                          causal=causal, mode=mask_mode, ends=mask_ratios, dense_tail_tokens=dense_tail_tokens,
+                          prompt_end=Lk if prompt_end is None else prompt_end, force_sink=force_sink,
+                          sim_cap=None if cap is None else narrow(cap, 2, 0, nk_c),
+                          gqa_group=G if gqa_mask == "per_head" else 1, counters=counters)
     on_stage("mask_ms")
     return level_map
 

@@ -1,4 +1,4 @@
-"""Pyramid K/V pooling (PSA-SPEC §3): one pass over K and V builds every requested level.
+"""Pyramid K/V pooling (docs/ALGORITHM.md §3): one pass over K and V builds every requested level.
 
 Token g of level p is the plain mean of the *valid* keys ``[g*p, min((g+1)*p, Lk))`` (count ``c = min(p, Lk - g*p)``),
 summed in fp32 and stored in the input dtype. Sums come straight from the raw tokens, which is exactly the

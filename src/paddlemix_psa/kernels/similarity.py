@@ -1,4 +1,4 @@
-"""Similarity cap of PSA-SPEC §8 F5: int8 ``L_j`` per (b, KV head, key block).
+"""Similarity cap of docs/ALGORITHM.md §8 F5: int8 ``L_j`` per (b, KV head, key block).
 
 For p in (2, 4, 8) the complete groups of key block j are the aligned groups ``[g*p, g*p + p)`` that lie inside
 ``[j*b_k, min((j+1)*b_k, Lk))``; ``sim_p(j)`` is the mean over them of ``cos(K[g*p], K[g*p + p - 1])`` with
@@ -68,7 +68,7 @@ def _similarity_cap_kernel(K, Out, stride_kb, stride_kh, stride_kl, stride_ob, s
 
 
 def psa_similarity_cap(k, out, *, key_block: int, thresholds, layout: str) -> None:
-    """Per-block similarity cap ``L_j`` (PSA-SPEC §8 F5) into the caller's ``out``.
+    """Per-block similarity cap ``L_j`` (docs/ALGORITHM.md §8 F5) into the caller's ``out``.
 
     Args:
         k: post-RoPE keys ``[B, H_kv, Lk, D]`` (``"BHSD"``) or ``[B, Lk, H_kv, D]`` (``"BSHD"``), fp16 / bf16 / fp32,
