@@ -6,6 +6,7 @@ before the call, so an unwritten row fails.
 
 import numpy as np
 import pytest
+import torch
 
 import oracle
 import torch_oracle as T
