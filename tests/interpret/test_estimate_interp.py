@@ -215,3 +215,115 @@ def test_single_pass_block_k_split(D, block_k):
     got = _run(q, k, **kw, method="single_pass", block_k=block_k)
     ref = oracle.xattn_scores(q, k, **kw)
     np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-6)
+
+
+class _LaunchSpy:
+    """Stands in for ``_xattn_partial_kernel``: records each launch's USE_TMA and runs the real kernel."""
+
+    def __init__(self, kern):
+        self.kern = kern
+        self.use_tma = []
+
+    def __getitem__(self, grid):
+        def launch(*args, **meta):
+            self.use_tma.append(meta["USE_TMA"])
+            return self.kern[grid](*args, **meta)
+        return launch
+
+
+@pytest.fixture
+def pass_a_spy(monkeypatch):
+    from paddlemix_psa.kernels import estimate
+
+    spy = _LaunchSpy(estimate._xattn_partial_kernel)
+    monkeypatch.setattr(estimate, "_xattn_partial_kernel", spy)
+    return spy
+
+
+TMA_CASES = [
+    # B, Hq, Hkv, Lq, Lk, D, query_block, key_block, stride, causal, layout
+    (1, 4, 2, 1000, 1000, 64, 64, 32, 16, True, "BHSD"),   # Lq, Lk ragged (1000 % 16 = 8): last query / key tile
+    (1, 4, 2, 1024, 1024, 64, 64, 32, 16, True, "BSHD"),   # divisible: every tile through TMA
+    (1, 2, 1, 200, 1008, 80, 128, 32, 16, True, "BSHD"),   # chunk (off = 808): Lq ragged, Lk divisible, D padded
+    (2, 2, 1, 256, 300, 96, 32, 32, 8, False, "BHSD"),     # non-causal, Lk ragged (300 % 8 = 4), G = 2, B = 2
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("case", TMA_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_single_pass_tma_equals_pointer_loads(pass_a_spy, case, dtype):
+    """Pass A through TMA boxes of the [B, H, S, L // S, D] views (the sm_90 path; the interpreter emulates it)
+    gives bit-identical results to its pointer loads, and both match the oracle: tiles that reach a partial last
+    stride group fall back to pointer loads inside the same launch (16 x 16 tiles: several of each per head)."""
+    B, Hq, Hkv, Lq, Lk, D, bq, bk, S, causal, layout = case
+    rng = np.random.default_rng(Lq + Lk + D)
+    q = rng.standard_normal((B, Hq, Lq, D)).astype(dtype)
+    k = rng.standard_normal((B, Hkv, Lk, D)).astype(dtype)
+    kw = dict(query_block=bq, key_block=bk, stride=S, causal=causal, layout=layout, method="single_pass",
+              block_a=16, block_c=16)
+    tma = _run(q, k, **kw)
+    ptr = _run(q, k, **kw, use_tma=False)
+    assert pass_a_spy.use_tma == [True, False]
+    np.testing.assert_array_equal(tma, ptr)
+    ref = oracle.xattn_scores(q, k, query_block=bq, key_block=bk, stride=S, causal=causal)
+    np.testing.assert_allclose(tma, ref, rtol=1e-3, atol=1e-6)
+
+
+def test_single_pass_tma_default_tiles(pass_a_spy):
+    """The default tiles (and flatten) on the TMA path, ragged lengths, fp16."""
+    rng = np.random.default_rng(12)
+    q = rng.standard_normal((1, 2, 700, 64)).astype(np.float16)
+    k = rng.standard_normal((1, 1, 900, 64)).astype(np.float16)
+    kw = dict(query_block=64, key_block=32, stride=8, causal=True, method="single_pass")
+    ref = oracle.xattn_scores(q, k, query_block=64, key_block=32, stride=8, causal=True)
+    for tiles in (dict(), dict(flatten=True, block_a=32, block_c=32)):
+        np.testing.assert_allclose(_run(q, k, **kw, **tiles), ref, rtol=1e-3, atol=1e-6)
+    assert pass_a_spy.use_tma == [True, True]
+
+
+def test_single_pass_tma_needs_a_whole_stride_group(pass_a_spy):
+    """A length below the stride has no whole group to view: pointer loads, still exact."""
+    rng = np.random.default_rng(13)
+    q = rng.standard_normal((1, 2, 10, 64)).astype(np.float32)
+    k = rng.standard_normal((1, 1, 300, 64)).astype(np.float32)
+    got = _run(q, k, query_block=32, key_block=32, stride=16, causal=True, method="single_pass")
+    assert pass_a_spy.use_tma == [False]
+    ref = oracle.xattn_scores(q, k, query_block=32, key_block=32, stride=16, causal=True)
+    np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-6)
+
+
+def test_single_pass_unaligned_input_falls_back_once_logged(pass_a_spy, monkeypatch, caplog):
+    """q at an address that is not 16-byte aligned cannot back a TMA descriptor: pointer loads, counted per call,
+    one warning."""
+    import collections
+    import logging
+
+    from paddlemix_psa.kernels import estimate
+
+    monkeypatch.setattr(estimate, "TMA_FALLBACKS", collections.Counter())
+    rng = np.random.default_rng(14)
+    Lq, D = 96, 64
+    buf = np.zeros(2 * Lq * D + 1, np.float32)
+    q = buf[1:].reshape(1, 2, Lq, D)  # 4 bytes past an aligned address
+    q[...] = rng.standard_normal(q.shape)
+    k = rng.standard_normal((1, 1, 160, D)).astype(np.float32)
+    kw = dict(query_block=32, key_block=32, stride=8, causal=True, method="single_pass")
+    with caplog.at_level(logging.WARNING, logger=estimate.__name__):
+        a = _run(q, k, **kw, views=(q, k))
+        b = _run(q, k, **kw, views=(q, k))
+    assert pass_a_spy.use_tma == [False, False]
+    assert estimate.TMA_FALLBACKS == {"unaligned": 2}
+    assert len([r for r in caplog.records if "16-byte aligned" in r.getMessage()]) == 1
+    ref = oracle.xattn_scores(q, k, query_block=32, key_block=32, stride=8, causal=True)
+    np.testing.assert_allclose(a, ref, rtol=1e-3, atol=1e-6)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_use_tma_argument_error():
+    from paddlemix_psa.kernels.estimate import psa_estimate_scores
+
+    q = np.zeros((1, 1, 64, 64), np.float32)
+    out = np.zeros((1, 1, 1, 2), np.float32)
+    with pytest.raises(ValueError, match="use_tma must be None, True or False"):
+        psa_estimate_scores(hv(q), hv(q), hv(out), query_block=64, key_block=32, stride=8, causal=True, scale=None,
+                            layout="BHSD", use_tma="yes")

@@ -23,24 +23,35 @@ Single-pass method (``method="single_pass"``; needs caller scratch): the strided
   row sees nothing in the tile), the tile sum ``tsum[a, t] = sum_c exp2(x - tmax)`` and, per key block j of the
   tile, ``part[a, j] = sum_{c in j} exp2(x - tmax)``. A key block lies in exactly one tile (BLOCK_C is a multiple of
   key_block / S). Upper tiles are never written.
+  On sm_90 (``tma_available()``) pass A loads its operands through TMA descriptors of 5-D views
+  ``[B, H, S, L // S, D]`` (strides ``[sb, sh, sl, S*sl, 1]``): the ``[1, BLOCK_A, BLOCK_K]`` box at
+  ``[b, h, S-1-s, a0, d0]`` is exactly the strided row set ``a*S + S-1-s`` of a tile, and the box of k at
+  ``[b, kvh, s, c0, d0]`` the rows ``c*S + s``; the hardware zero-fills whole groups past ``L // S`` and columns
+  past D. The group axis sits before the row axis so that only leading unit dims are dropped: the reshaped box
+  stays a shared-memory operand of wgmma (with ``[.., L // S, S, D]`` the q box went through registers). Rows of a partial last group (``L % S != 0``) lie outside the view, so a query tile or key tile that
+  reaches it keeps the pointer loads (one branch per program and per key tile, outside the pipelined loop).
 - Pass B (``_xattn_finalize_kernel``): per row a, ``m = max_t tmax``, ``l = sum_t tsum * exp2(tmax - m)``; then
   ``A[i, j] = sum_{valid a in block i} part[a, j] * exp2(tmax[a, t(j)] - m) / l``, exact zeros in upper blocks.
 """
 
 from __future__ import annotations
 
+import collections
+import logging
 import math
 
 import triton
 import triton.language as tl
 
 from ._tensorlike import dtype_name, shape, strides
+from .attn_fwd import _DescBase, tma_available
 
 __all__ = ["psa_estimate_scores", "estimate_scratch_shapes"]
 
 _HEAD_DIMS = (64, 80, 96, 128)
 _LAYOUTS = ("BHSD", "BSHD")
 _LOG2E = 1.4426950408889634
+_log = logging.getLogger(__name__)
 _MIN_PROGRAMS = 132  # about one wave on an H100 (132 SMs); a heuristic, see benchmarks/bench_estimate.py --sweep
 
 
@@ -178,9 +189,52 @@ def _xattn_tile_pipelined(q_base, k_base, offs_a, offs_c, Lq, Lk, stride_ql, str
     return acc
 
 
+@triton.jit
+def _xattn_tile_tma(q_desc, k_desc, b, h, kvh, a0, c0,
+                    STRIDE: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
+                    KSPLIT: tl.constexpr, NUM_STAGES: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    # the same S * KSPLIT chunks as _xattn_tile_pipelined, each operand one TMA box of the [B, H, S, L//S, D] view
+    acc = tl.zeros([BLOCK_A, BLOCK_C], dtype=tl.float32)
+    for kk in tl.range(0, STRIDE * KSPLIT, num_stages=NUM_STAGES):
+        s = kk // KSPLIT
+        d0 = (kk % KSPLIT) * BLOCK_K
+        qt = q_desc.load([b, h, STRIDE - 1 - s, a0, d0]).reshape([BLOCK_A, BLOCK_K])
+        kt = k_desc.load([b, kvh, s, c0, d0]).reshape([BLOCK_C, BLOCK_K])
+        acc = tl.dot(qt, tl.trans(kt), acc, input_precision=DOT_PRECISION)
+    return acc
+
+
+@triton.jit
+def _store_tile_stats(x, ct, offs_a, a_valid, a_store, n_c_valid, off, qk_scale, p_base, tm_base, ts_base,
+                      stride_pa, stride_ta, nk,
+                      STRIDE: tl.constexpr, RK: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_C: tl.constexpr,
+                      CAUSAL: tl.constexpr):
+    # per key tile: tile max (log2 domain), tile sum and per-key-block partial sums of exp2(x - tile max)
+    NJ: tl.constexpr = BLOCK_C // RK
+    offs_c = ct * BLOCK_C + tl.arange(0, BLOCK_C)
+    vis = a_valid[:, None] & (offs_c < n_c_valid)[None, :]
+    if CAUSAL:
+        vis = vis & (offs_c[None, :] * STRIDE <= offs_a[:, None] * STRIDE + STRIDE - 1 + off)
+    x = tl.where(vis, x * qk_scale, float("-inf"))
+    m_t = tl.max(x, 1)  # -inf where the row sees nothing in this tile
+    m_safe = tl.where(m_t == float("-inf"), 0.0, m_t)
+    p = tl.math.exp2(x - m_safe[:, None])  # exactly 0 on invisible lanes
+    if RK > 1:
+        pj = tl.sum(tl.reshape(p, [BLOCK_A, NJ, RK]), axis=2)  # [BLOCK_A, NJ]
+    else:
+        pj = p
+    a64 = offs_a.to(tl.int64)
+    offs_j = ct * NJ + tl.arange(0, NJ)
+    tl.store(p_base + a64[:, None] * stride_pa + offs_j[None, :], pj,
+             mask=a_store[:, None] & (offs_j < nk)[None, :])
+    t_off = a64 * stride_ta + ct
+    tl.store(tm_base + t_off, m_t, mask=a_store)
+    tl.store(ts_base + t_off, tl.sum(pj, 1), mask=a_store)
+
+
 @triton.jit(do_not_specialize=["Lq", "Lk", "nk", "n_a_total", "stride_pb", "stride_ph", "stride_pa",
                                "stride_tb", "stride_th", "stride_ta"])
-def _xattn_partial_kernel(Q, K, Part, TMax, TSum,
+def _xattn_partial_kernel(Q, K, Part, TMax, TSum, Q_DESC, K_DESC,
                           stride_qb, stride_qh, stride_ql,
                           stride_kb, stride_kh, stride_kl,
                           stride_pb, stride_ph, stride_pa,
@@ -189,9 +243,8 @@ def _xattn_partial_kernel(Q, K, Part, TMax, TSum,
                           HEAD_DIM: tl.constexpr, BLOCK_K: tl.constexpr, KSPLIT: tl.constexpr, STRIDE: tl.constexpr,
                           RK: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_C: tl.constexpr,
                           CAUSAL: tl.constexpr, NUM_STAGES: tl.constexpr, FLATTEN: tl.constexpr,
-                          DOT_PRECISION: tl.constexpr):
+                          USE_TMA: tl.constexpr, DOT_PRECISION: tl.constexpr):
     # pass A of the single-pass method: one GEMM walk over the visible key tiles, per-tile max / sums to scratch
-    NJ: tl.constexpr = BLOCK_C // RK
     pid_a = tl.num_programs(0) - 1 - tl.program_id(0)  # heavy (late, causal) query tiles first
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -211,7 +264,6 @@ def _xattn_partial_kernel(Q, K, Part, TMax, TSum,
     n_c_valid = (Lk + STRIDE - 1) // STRIDE
     a_valid = offs_a < n_a_valid
     a_store = offs_a < n_a_total
-    a64 = offs_a.to(tl.int64)
 
     c_end = n_c_valid
     if CAUSAL:
@@ -220,28 +272,24 @@ def _xattn_partial_kernel(Q, K, Part, TMax, TSum,
         c_end = tl.minimum((a_last * STRIDE + STRIDE - 1 + off) // STRIDE + 1, n_c_valid)
     n_ct = (c_end + BLOCK_C - 1) // BLOCK_C
 
+    # key tiles [0, n_tma) through TMA: needs a query tile and key tiles clear of a partial last group
+    n_tma = 0
+    if USE_TMA:
+        q_whole = (Lq % STRIDE == 0) | (a0 + BLOCK_A <= Lq // STRIDE)
+        n_ct_whole = tl.where(Lk % STRIDE == 0, n_ct, tl.minimum(n_ct, (Lk // STRIDE) // BLOCK_C))
+        n_tma = tl.where(q_whole, n_ct_whole, 0)
+        for ct in tl.range(0, n_tma, flatten=FLATTEN):
+            x = _xattn_tile_tma(Q_DESC, K_DESC, b, h, kvh, a0, ct * BLOCK_C,
+                                STRIDE, BLOCK_A, BLOCK_C, BLOCK_K, KSPLIT, NUM_STAGES, DOT_PRECISION)
+            _store_tile_stats(x, ct, offs_a, a_valid, a_store, n_c_valid, off, qk_scale, p_base, tm_base, ts_base,
+                              stride_pa, stride_ta, nk, STRIDE, RK, BLOCK_A, BLOCK_C, CAUSAL)
     # FLATTEN fuses the key-tile loop with the inner S-chunk loop, so the pipeline does not drain per key tile
-    for ct in tl.range(0, n_ct, flatten=FLATTEN):
+    for ct in tl.range(n_tma, n_ct, flatten=FLATTEN):
         offs_c = ct * BLOCK_C + tl.arange(0, BLOCK_C)
         x = _xattn_tile_pipelined(q_base, k_base, offs_a, offs_c, Lq, Lk, stride_ql, stride_kl,
                                   HEAD_DIM, STRIDE, BLOCK_A, BLOCK_C, BLOCK_K, KSPLIT, NUM_STAGES, DOT_PRECISION)
-        vis = a_valid[:, None] & (offs_c < n_c_valid)[None, :]
-        if CAUSAL:
-            vis = vis & (offs_c[None, :] * STRIDE <= offs_a[:, None] * STRIDE + STRIDE - 1 + off)
-        x = tl.where(vis, x * qk_scale, float("-inf"))
-        m_t = tl.max(x, 1)  # -inf where the row sees nothing in this tile
-        m_safe = tl.where(m_t == float("-inf"), 0.0, m_t)
-        p = tl.math.exp2(x - m_safe[:, None])  # exactly 0 on invisible lanes
-        if RK > 1:
-            pj = tl.sum(tl.reshape(p, [BLOCK_A, NJ, RK]), axis=2)  # [BLOCK_A, NJ]
-        else:
-            pj = p
-        offs_j = ct * NJ + tl.arange(0, NJ)
-        tl.store(p_base + a64[:, None] * stride_pa + offs_j[None, :], pj,
-                 mask=a_store[:, None] & (offs_j < nk)[None, :])
-        t_off = a64 * stride_ta + ct
-        tl.store(tm_base + t_off, m_t, mask=a_store)
-        tl.store(ts_base + t_off, tl.sum(pj, 1), mask=a_store)
+        _store_tile_stats(x, ct, offs_a, a_valid, a_store, n_c_valid, off, qk_scale, p_base, tm_base, ts_base,
+                          stride_pa, stride_ta, nk, STRIDE, RK, BLOCK_A, BLOCK_C, CAUSAL)
 
 
 @triton.jit(do_not_specialize=["Lq", "Lk", "nk", "stride_pb", "stride_ph", "stride_pa", "stride_tb", "stride_th",
@@ -323,6 +371,29 @@ def _bhld_shape(t, layout: str) -> tuple:
     return s[0], s[2], s[1], s[3]
 
 
+#: launches whose pass A could not build TMA descriptors on a TMA-capable target, by reason (logged once each)
+TMA_FALLBACKS: collections.Counter = collections.Counter()
+
+
+def _grouped_descriptor(t, bhl_shape, bhl_strides, S: int, block_rows: int, block_k: int):
+    """TMA descriptor of the ``[B, H, S, L // S, D]`` view of ``t`` (``bhl_strides``: its B, H, L strides) with
+    box ``[1, 1, 1, block_rows, block_k]``, or None (counted in ``TMA_FALLBACKS``, logged once) when the address
+    or a stride is not 16-byte aligned."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    (B, H, L, D), (sb, sh, sl) = bhl_shape, bhl_strides
+    esize = 4 if dtype_name(t) == "float32" else 2
+    if t.data_ptr() % 16 or any((st * esize) % 16 for st in (sb, sh, sl)):
+        reason = "unaligned"
+        if not TMA_FALLBACKS[reason]:
+            _log.warning("psa_estimate_scores: q/k address or strides not 16-byte aligned; pass A uses pointer "
+                         "loads instead of TMA (counted in estimate.TMA_FALLBACKS)")
+        TMA_FALLBACKS[reason] += 1
+        return None
+    base = t if hasattr(t.dtype, "itemsize") else _DescBase(t)  # the interpreter needs the tensor itself
+    return TensorDescriptor(base, [B, H, S, L // S, D], [sb, sh, sl, S * sl, 1], [1, 1, 1, block_rows, block_k])
+
+
 def _next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
@@ -380,7 +451,7 @@ def psa_estimate_scores(q, k, out, *, query_block: int, key_block: int, stride: 
                         scale: float | None, layout: str, block_a: int | None = None,
                         block_c: int | None = None, num_warps: int | None = None,
                         num_stages: int | None = None, scratch=None, method: str | None = None,
-                        flatten: bool = False, block_k: int | None = None) -> None:
+                        flatten: bool = False, block_k: int | None = None, use_tma: bool | None = None) -> None:
     """XAttention block scores (docs/ALGORITHM.md §6.1) into the caller's ``out``.
 
     Args:
@@ -402,6 +473,9 @@ def psa_estimate_scores(q, k, out, *, query_block: int, key_block: int, stride: 
         block_k: single-pass tuning knob: columns of D per pipeline step of pass A (a power of two >= 16 dividing
             D padded to a power of two; ``None``: 64). Smaller chunks cut the shared memory per stage, which makes
             room for more stages or a wider ``block_c``.
+        use_tma: single-pass knob: ``None`` / ``True``: pass A loads through TMA descriptors where the target has
+            TMA (sm_90+; tiles touching a partial last stride group keep pointer loads); ``False``: pointer loads
+            everywhere (what sm_80/86/89 run).
         scratch: ``alloc(shape, dtype_name)`` returning a new tensor-like on q's device, or ``None``. The
             single-pass method takes its fp32 scratch from it (sizes: :func:`estimate_scratch_shapes`).
         method: ``"two_pass"`` (GEMM twice, no scratch), ``"single_pass"`` (GEMM once + a cheap finalize pass;
@@ -415,6 +489,8 @@ def psa_estimate_scores(q, k, out, *, query_block: int, key_block: int, stride: 
         method = "single_pass" if scratch is not None else "two_pass"
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS} or None, got {method!r}")
+    if use_tma not in (None, True, False):
+        raise ValueError(f"use_tma must be None, True or False, got {use_tma!r}")
     if method == "single_pass" and scratch is None:
         raise ValueError("method='single_pass' needs scratch=alloc(shape, dtype_name)")
     B, Hq, Lq, D = _bhld_shape(q, layout)
@@ -495,12 +571,18 @@ def psa_estimate_scores(q, k, out, *, query_block: int, key_block: int, stride: 
     BLOCK_K = int(block_k) if block_k else min(_SP_BLOCK_K, BLOCK_D)
     if BLOCK_K < 16 or BLOCK_K & (BLOCK_K - 1) or BLOCK_D % BLOCK_K:
         raise ValueError(f"block_k={BLOCK_K} must be a power of two >= 16 dividing {BLOCK_D}")
+    q_desc = k_desc = None
+    # a TMA box dimension holds at most 256 elements; a length below S has no whole stride group to view
+    if use_tma is not False and tma_available() and max(BLOCK_A, BLOCK_C) <= 256 and min(Lq, Lk) >= S:
+        q_desc = _grouped_descriptor(q, (B, Hq, Lq, D), (sqb, sqh, sql), S, BLOCK_A, BLOCK_K)
+        k_desc = _grouped_descriptor(k, (B, Hkv, Lk, D), (skb, skh, skl), S, BLOCK_C, BLOCK_K)
+    tma = q_desc is not None and k_desc is not None
     _xattn_partial_kernel[grid](
-        q, k, part, tmax, tsum,
+        q, k, part, tmax, tsum, q_desc if tma else None, k_desc if tma else None,
         sqb, sqh, sql, skb, skh, skl, sp[0], sp[1], sp[2], stm[0], stm[1], stm[2],
         Hq, Hq // Hkv, Lq, Lk, nk, n_a_total, qk_scale,
         HEAD_DIM=D, BLOCK_K=BLOCK_K, KSPLIT=BLOCK_D // BLOCK_K, STRIDE=S, RK=RK, BLOCK_A=BLOCK_A, BLOCK_C=BLOCK_C,
-        CAUSAL=bool(causal), NUM_STAGES=ns, FLATTEN=bool(flatten), DOT_PRECISION=dot_precision,
+        CAUSAL=bool(causal), NUM_STAGES=ns, FLATTEN=bool(flatten), USE_TMA=tma, DOT_PRECISION=dot_precision,
         num_warps=num_warps or (8 if BLOCK_A * BLOCK_C >= 128 * 64 else 4),
         num_stages=ns,
     )
