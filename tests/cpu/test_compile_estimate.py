@@ -1,0 +1,124 @@
+"""Compile-only (docs/LAUNCH.md §6 layer 2): the single-pass estimator's pass A for sm_90 on a CPU machine, on
+its TMA path (descriptor loads: ``cp.async.bulk.tensor``, both wgmma operands in shared memory) and on the
+pointer path that sm_80/86/89 run. A stub driver reports ``GPUTarget("cuda", 90, 32)``; nothing is launched.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+import pytest
+
+triton = pytest.importorskip("triton")
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if os.path.join(_ROOT, "src") not in sys.path:
+    sys.path.insert(0, os.path.join(_ROOT, "src"))
+
+pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1",
+                                reason="compile-only tests need compiled (not interpreted) kernels")
+SMEM_LIMIT = 227 * 1024  # sm_90 opt-in shared memory per block
+
+
+class _Fake:
+    """Tensor-like with metadata only and a 16-byte aligned fake address (never dereferenced)."""
+
+    def __init__(self, shape, dtype):
+        self.shape = tuple(shape)
+        self.dtype = dtype
+        st, acc = [], 1
+        for s in reversed(self.shape):
+            st.append(acc)
+            acc *= max(int(s), 1)
+        self._stride = tuple(reversed(st))
+
+    def data_ptr(self):
+        return 1 << 24
+
+    def stride(self):
+        return self._stride
+
+
+@pytest.fixture
+def pass_a_sm90(tmp_path, monkeypatch):
+    """Pass A launches become sm_90 warmups (collected); pass B is skipped."""
+    from triton.backends.compiler import GPUTarget
+
+    from paddlemix_psa.kernels import estimate
+
+    class _StubDriver:
+        def get_current_device(self):
+            return 0
+
+        def get_current_stream(self, device=None):
+            return 0
+
+        def get_current_target(self):
+            return GPUTarget("cuda", 90, 32)
+
+        def is_active(self):
+            return True
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "cache"))
+    compiled = []
+    run = estimate._xattn_partial_kernel.run
+
+    def warmup(*args, **kwargs):
+        kwargs["warmup"] = True
+        compiled.append(run(*args, **kwargs))
+        return compiled[-1]
+
+    monkeypatch.setattr(estimate._xattn_partial_kernel, "run", warmup)
+    monkeypatch.setattr(estimate._xattn_finalize_kernel, "run", lambda *a, **k: None)
+    drv = triton.runtime.driver
+    prev = drv._active
+    drv.set_active(_StubDriver())
+    try:
+        yield compiled
+    finally:
+        drv._active = prev
+
+
+def _compile(compiled, dtype="bfloat16", D=128, layout="BHSD", L=32768, **tiles):
+    from paddlemix_psa.kernels.estimate import psa_estimate_scores
+
+    bhsd = lambda h: (1, h, L, D) if layout == "BHSD" else (1, L, h, D)  # noqa: E731
+    q, k = _Fake(bhsd(28), dtype), _Fake(bhsd(4), dtype)
+    out = _Fake((1, 28, -(-L // 128), -(-L // 32)), "float32")
+    psa_estimate_scores(q, k, out, query_block=128, key_block=32, stride=16, causal=True, scale=None, layout=layout,
+                        scratch=lambda shp, dt: _Fake(shp, dt), **tiles)
+    kern = compiled[-1]
+    assert 0 < kern.metadata.shared <= SMEM_LIMIT, f"shared memory {kern.metadata.shared} B > {SMEM_LIMIT} B"
+    return kern
+
+
+def _dot_operands_in_smem(ttgir: str) -> bool:
+    # "ttng.warp_group_dot %a, %b, %c ... : A-type * B-type -> C-type": both operand types are shared memdescs
+    dots = re.findall(r"ttng\.warp_group_dot .*?: (\S+)<.*?> \* (\S+)<", ttgir)
+    return bool(dots) and all(a == b == "!ttg.memdesc" for a, b in dots)
+
+
+@pytest.mark.parametrize("tiles", [dict(), dict(flatten=True), dict(block_a=128, block_c=128, block_k=128,
+                                                                     num_stages=2),
+                                   dict(block_a=64, block_c=128, num_warps=4, num_stages=4)],
+                         ids=lambda t: "-".join(f"{k}{v}" for k, v in t.items()) or "default")
+def test_pass_a_tma_variant(pass_a_sm90, tiles):
+    kern = _compile(pass_a_sm90, **tiles)
+    ptx = kern.asm["ptx"]
+    assert "cp.async.bulk.tensor" in ptx, "expected TMA loads in pass A on sm_90"
+    assert "wgmma" in ptx
+    assert _dot_operands_in_smem(kern.asm["ttgir"]), "a wgmma operand of the TMA path went through registers"
+
+
+@pytest.mark.parametrize("dtype,D,layout", [("float16", 80, "BSHD"), ("float32", 64, "BHSD")])
+def test_pass_a_tma_other_dtypes(pass_a_sm90, dtype, D, layout):
+    kern = _compile(pass_a_sm90, dtype=dtype, D=D, layout=layout, L=4096)
+    assert "cp.async.bulk.tensor" in kern.asm["ptx"]
+
+
+def test_pass_a_pointer_variant(pass_a_sm90):
+    """What sm_80/86/89 run (and use_tma=False): no TMA instruction."""
+    kern = _compile(pass_a_sm90, use_tma=False)
+    assert "cp.async.bulk.tensor" not in kern.asm["ptx"]
+    assert "wgmma" in kern.asm["ptx"]
