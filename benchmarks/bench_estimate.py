@@ -9,6 +9,13 @@ The sweep times the single-pass kernel's tiles (block_a, block_c, warps, stages,
 
     PYTHONPATH=src python3 benchmarks/bench_estimate.py [--lengths 8192 32768 131072] [--chunk 4096] [--no-sweep]
         [--method single_pass|two_pass] [--sweep-method single_pass|two_pass|both]
+
+``--compare-tma`` prints only the single-pass estimator's table at 32k and 128k (``--lengths`` overrides): pass A
+on its pointer path (``use_tma=False``, what sm_80/86/89 run) against its TMA path (sm_90) at the default tiles
+and at every point of ``TMA_SPACE``, with the GEMM rate and its share of ``--roofline`` (TFLOP/s of a plain bf16
+GEMM on the card; 790 measured on the H200). About two minutes on an H200:
+
+    PYTHONPATH=src python3 benchmarks/bench_estimate.py --compare-tma
 """
 from __future__ import annotations
 
@@ -38,6 +45,14 @@ TILES_1PASS = [(None, None, None, None, False, None), (None, None, None, None, T
                (128, 64, 4, 3, False, None), (128, 128, 4, 3, False, 64), (64, 128, 4, 3, False, None),
                (64, 128, 4, 4, False, 64), (64, 64, 4, 3, False, None), (32, 64, 4, 3, False, None),
                (16, 64, 4, 3, False, None)]
+#: sm_90 search space of pass A on its TMA path: (block_a, block_c, block_k, num_stages, num_warps). Every point
+#: fits the 227 KiB of shared memory (compile-checked for bf16, D 128); 98 KiB points (128 x 128 x 64 x 3,
+#: 64 x 128 x 64 x 4, 128 x 64 x 64 x 4) leave room for two resident CTAs per SM.
+TMA_SPACE = [(128, 256, 64, 3, 8), (128, 256, 64, 4, 8), (128, 256, 128, 2, 8),
+             (128, 128, 64, 3, 8), (128, 128, 64, 4, 8), (128, 128, 64, 5, 8), (128, 128, 128, 2, 8),
+             (128, 128, 128, 3, 8), (128, 128, 64, 3, 4), (128, 64, 64, 4, 4), (128, 64, 128, 3, 4),
+             (64, 128, 64, 4, 4), (64, 256, 64, 4, 8), (256, 128, 64, 3, 8), (256, 128, 128, 2, 8),
+             (256, 64, 64, 4, 8)]
 
 
 def _time(fn, n=10):
@@ -70,6 +85,77 @@ def _dense(q, k, v):
     return lambda: F.scaled_dot_product_attention(q, kr, vr, is_causal=causal)
 
 
+def _estimator_flop(Lq, Lk, S, D, Hq):
+    """Causal GEMM work of the estimator: sum over reshaped queries of visible reshaped keys x S*D x 2, all heads."""
+    na, nc = -(-Lq // S), -(-Lk // S)
+    vis = sum(min(nc, (a * S + S - 1 + Lk - Lq) // S + 1) for a in range(na))
+    return 2.0 * vis * S * D * Hq
+
+
+class _NoLaunch:
+    """Stands in for a kernel whose launches are skipped (times pass A without the finalize pass)."""
+
+    def __getitem__(self, grid):
+        return lambda *args, **meta: None
+
+
+def compare_tma(lengths, roofline, bq, bk, S):
+    """One table: single-pass estimator (pass A + finalize, and pass A alone), pointer vs TMA path, TMA tiles."""
+    import torch
+
+    from paddlemix_psa.kernels import estimate
+
+    Hq, Hkv, D = 28, 4, 128
+    print(f"# single-pass estimator, Hq={Hq} Hkv={Hkv} D={D} bf16 causal, {bq}/{bk}/{S}; median of 10 ms, cold L2; "
+          f"TFLOP/s and roofline share ({roofline:.0f} TFLOP/s) from the pass A time")
+    print(f"{'L':>7} {'path':>7} {'block_a':>7} {'block_c':>7} {'block_k':>7} {'stages':>6} {'warps':>5} "
+          f"{'total_ms':>9} {'passA_ms':>9} {'TFLOP/s':>8} {'roofline':>8}")
+    plan = [("pointer", dict(use_tma=False)), ("tma", dict())]
+    plan += [("tma", dict(block_a=ba, block_c=bc, block_k=bkk, num_stages=ns, num_warps=nw))
+             for ba, bc, bkk, ns, nw in TMA_SPACE]
+    for L in lengths:
+        g = torch.Generator(device=DEV).manual_seed(L)
+        q = torch.randn((1, Hq, L, D), device=DEV, generator=g, dtype=torch.bfloat16)
+        k = torch.randn((1, Hkv, L, D), device=DEV, generator=g, dtype=torch.bfloat16)
+        scores = torch.empty((1, Hq, -(-L // bq), -(-L // bk)), device=DEV, dtype=torch.float32)
+        flop = _estimator_flop(L, L, S, D, Hq)
+        pool = {}
+
+        def scratch_alloc():
+            # cached per (request position within a call, shape): tmax and tsum never alias
+            position = itertools.count()
+
+            def alloc(shp, dt):
+                key = (next(position), tuple(shp), dt)
+                if key not in pool:
+                    pool[key] = torch.empty(key[1], device=DEV, dtype=getattr(torch, dt))
+                return pool[key]
+            return alloc
+
+        for path, kw in plan:
+            def est(kw=kw):
+                estimate.psa_estimate_scores(q, k, scores, query_block=bq, key_block=bk, stride=S, causal=True,
+                                             scale=None, layout="BHSD", method="single_pass",
+                                             scratch=scratch_alloc(), **kw)
+            cfg = [kw.get(n) or "def" for n in ("block_a", "block_c", "block_k", "num_stages", "num_warps")]
+            try:
+                total = _time(est)[0]
+                fin, estimate._xattn_finalize_kernel = estimate._xattn_finalize_kernel, _NoLaunch()
+                try:
+                    pass_a = _time(est)[0]
+                finally:
+                    estimate._xattn_finalize_kernel = fin
+            except Exception as e:  # noqa: BLE001 - report and continue the table
+                print(f"{L:>7} {path:>7} " + " ".join(f"{c:>7}" for c in cfg) + f"  failed: {type(e).__name__}: "
+                      f"{str(e)[:80]}", flush=True)
+                continue
+            rate = flop / pass_a / 1e9
+            print(f"{L:>7} {path:>7} {cfg[0]:>7} {cfg[1]:>7} {cfg[2]:>7} {cfg[3]:>6} {cfg[4]:>5} {total:>9.3f} "
+                  f"{pass_a:>9.3f} {rate:>8.0f} {rate / roofline:>8.0%}", flush=True)
+        del q, k, scores, pool
+        torch.cuda.empty_cache()
+
+
 def main():
     import torch
     import triton
@@ -79,7 +165,12 @@ def main():
     from paddlemix_psa.kernels.similarity import psa_similarity_cap
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--lengths", type=int, nargs="+", default=[8192, 32768, 131072])
+    ap.add_argument("--lengths", type=int, nargs="+", default=None,
+                    help="sequence lengths (default 8192 32768 131072; with --compare-tma 32768 131072)")
+    ap.add_argument("--compare-tma", action="store_true",
+                    help="only the pointer-vs-TMA table of the single-pass estimator (TMA_SPACE tiles)")
+    ap.add_argument("--roofline", type=float, default=790.0,
+                    help="plain bf16 GEMM TFLOP/s of the card, for the --compare-tma roofline share")
     ap.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the estimator tile sweep")
     ap.add_argument("--method", default="single_pass", choices=["single_pass", "two_pass"],
                     help="estimator used in mask_total (the pipeline uses single_pass)")
@@ -90,6 +181,12 @@ def main():
                     help="also time a chunk of this many queries against the longest context (0: off)")
     args = ap.parse_args()
     bq, bk, S = (int(x) for x in args.geometry.split("/"))
+    if args.compare_tma:
+        print(f"# {torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__} "
+              f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}")
+        compare_tma(args.lengths or [32768, 131072], args.roofline, bq, bk, S)
+        return
+    args.lengths = args.lengths or [8192, 32768, 131072]
     Hq, Hkv, D = 28, 4, 128
     try:
         commit = subprocess.run(["git", "-C", _root, "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -187,10 +284,7 @@ def main():
               f"{f(t['total']):>11} {f(t['dense']):>9} {t['total'][0] / t['dense'][0]:>7.1%} "
               f"{t['est1'][0] / t['dense'][0]:>10.1%} {dens:>8.3f}", flush=True)
         if args.sweep:
-            # causal GEMM work of the estimator: sum over reshaped queries of visible reshaped keys x S*D x 2
-            na, nc = -(-Lq // S), -(-L // S)
-            vis = sum(min(nc, (a * S + S - 1 + L - Lq) // S + 1) for a in range(na))
-            flop = 2.0 * vis * S * D * Hq
+            flop = _estimator_flop(Lq, L, S, D, Hq)
             plan = []
             if args.sweep_method in ("single_pass", "both"):
                 plan += [("single_pass", *t) for t in TILES_1PASS]

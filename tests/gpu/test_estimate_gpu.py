@@ -218,3 +218,46 @@ def test_estimate_long_methods_agree_with_fp64(cuda, L):
     torch.testing.assert_close(two[:, :2].double(), ref, rtol=1e-3, atol=1e-5)
     torch.testing.assert_close(one[:, :2].double(), ref, rtol=1e-3, atol=1e-5)
     torch.testing.assert_close(one, two, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", [
+    # Hq, Hkv, Lq, Lk, D, query_block, key_block, stride, causal, layout, dtype
+    (28, 4, 5000, 5000, 128, 128, 32, 16, True, "BHSD", "bfloat16"),   # ragged (5000 % 16 = 8)
+    (28, 4, 4096, 4096, 128, 128, 32, 16, True, "BSHD", "bfloat16"),   # divisible: every tile through TMA
+    (28, 4, 1000, 5008, 128, 128, 128, 8, True, "BSHD", "bfloat16"),   # chunk, off = 4008, paper geometry
+    (16, 16, 4097, 4097, 80, 64, 64, 16, False, "BHSD", "float16"),    # non-causal, D padded, ragged
+], ids=lambda c: "-".join(map(str, c)))
+def test_estimate_tma_path_matches_pointer_path(cuda, case, monkeypatch):
+    """sm_90: pass A through TMA boxes gives the pointer path's scores (and the fp64 port's) at realistic shapes."""
+    import torch
+
+    from _xattn_torch import xattn_scores_torch
+    from paddlemix_psa.kernels import estimate
+
+    if not estimate.tma_available():
+        pytest.skip("no TMA on this GPU (sm_90+ only)")
+    seen = []
+    kern = estimate._xattn_partial_kernel
+
+    class _Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **meta):
+                seen.append(meta["USE_TMA"])
+                return kern[grid](*args, **meta)
+            return launch
+
+    monkeypatch.setattr(estimate, "_xattn_partial_kernel", _Spy())
+    Hq, Hkv, Lq, Lk, D, bq, bk, S, causal, layout, dtype_name = case
+    g = torch.Generator(device=cuda).manual_seed(Lq + Lk)
+    dt = getattr(torch, dtype_name)
+    q = torch.randn((1, Hq, Lq, D), device=cuda, generator=g).to(dt)
+    k = (torch.randn((1, Hkv, Lk, D), device=cuda, generator=g)
+         + 2 * torch.randn((1, Hkv, 1, D), device=cuda, generator=g)).to(dt)
+    kw = dict(query_block=bq, key_block=bk, stride=S, causal=causal, layout=layout, method="single_pass")
+    tma = _estimate(q, k, **kw)
+    ptr = _estimate(q, k, **kw, use_tma=False)
+    assert seen == [True, False]
+    assert not torch.isnan(tma).any()
+    torch.testing.assert_close(tma, ptr, rtol=1e-5, atol=1e-7)
+    ref = xattn_scores_torch(q, k, query_block=bq, key_block=bk, stride=S, causal=causal)
+    torch.testing.assert_close(tma.double(), ref, rtol=1e-3, atol=1e-5)
