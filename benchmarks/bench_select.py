@@ -28,10 +28,15 @@ README = {1: (0.0, 0.6), 2: (0.6, 0.8), 4: (0.8, 0.9), 8: (0.9, 0.9), 0: (0.9, 1
 SELECT_PATH = "src/paddlemix_psa/kernels/select.py"
 
 
-def load_baseline(rev: str, tmp: str):
-    """The select module at git revision ``rev``, imported from a temporary file (Triton reads its source)."""
-    src = subprocess.run(["git", "-C", _ROOT, "show", f"{rev}:{SELECT_PATH}"], check=True, capture_output=True,
-                         text=True).stdout
+def load_baseline(rev: str, tmp: str, source_file: str | None = None):
+    """The select module at git revision ``rev`` (or read from ``source_file``, for a machine whose copy of the
+    tree has no .git), imported from a temporary file (Triton reads its source)."""
+    if source_file:
+        with open(source_file) as f:
+            src = f.read()
+    else:
+        src = subprocess.run(["git", "-C", _ROOT, "show", f"{rev}:{SELECT_PATH}"], check=True,
+                             capture_output=True, text=True).stdout
     if "tl.sort" not in src:
         raise SystemExit(f"--baseline-rev {rev}: {SELECT_PATH} there has no tl.sort; pass the sorting revision")
     path = os.path.join(tmp, "_select_sorted_baseline.py")
@@ -54,11 +59,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lengths", type=int, nargs="+", default=[32768, 131072])
     ap.add_argument("--baseline-rev", default="0c27551", help="a commit whose select.py still sorts")
+    ap.add_argument("--baseline-file", default=None,
+                    help="that select.py as a file (e.g. `git show REV:src/paddlemix_psa/kernels/select.py`)")
     ap.add_argument("--modes", default="energybound,topk")
     args = ap.parse_args()
     Hq, Hkv, bq, bk = 28, 4, 128, 32
     with tempfile.TemporaryDirectory() as tmp:
-        baseline = load_baseline(args.baseline_rev, tmp)
+        baseline = load_baseline(args.baseline_rev, tmp, args.baseline_file)
         print(f"# {torch.cuda.get_device_name()}; psa_select_levels ms (median); baseline = sort at "
               f"{args.baseline_rev}, new = threshold search (working tree)")
         print(f"{'L':>7} {'mode':>12} {'scores':>8} {'sort ms':>9} {'search ms':>10} {'speed-up':>9} "
