@@ -45,14 +45,19 @@ TILES_1PASS = [(None, None, None, None, False, None), (None, None, None, None, T
                (128, 64, 4, 3, False, None), (128, 128, 4, 3, False, 64), (64, 128, 4, 3, False, None),
                (64, 128, 4, 4, False, 64), (64, 64, 4, 3, False, None), (32, 64, 4, 3, False, None),
                (16, 64, 4, 3, False, None)]
-#: sm_90 search space of pass A on its TMA path: (block_a, block_c, block_k, num_stages, num_warps). Every point
-#: fits the 227 KiB of shared memory (compile-checked for bf16, D 128); 98 KiB points (128 x 128 x 64 x 3,
-#: 64 x 128 x 64 x 4, 128 x 64 x 64 x 4) leave room for two resident CTAs per SM.
-TMA_SPACE = [(128, 256, 64, 3, 8), (128, 256, 64, 4, 8), (128, 256, 128, 2, 8),
-             (128, 128, 64, 3, 8), (128, 128, 64, 4, 8), (128, 128, 64, 5, 8), (128, 128, 128, 2, 8),
-             (128, 128, 128, 3, 8), (128, 128, 64, 3, 4), (128, 64, 64, 4, 4), (128, 64, 128, 3, 4),
-             (64, 128, 64, 4, 4), (64, 256, 64, 4, 8), (256, 128, 64, 3, 8), (256, 128, 128, 2, 8),
-             (256, 64, 64, 4, 8)]
+#: sm_90 search space of pass A on its TMA path: (block_a, block_c, block_k, num_stages, num_warps, flatten). Every
+#: point fits the 227 KiB of shared memory (bf16, D 128; tests/cpu/test_compile_estimate.py with
+#: PSA_COMPILE_ALL=1 builds them all); 98 KiB points (128 x 128 x 64 x 3, 64 x 128 x 64 x 4, 128 x 64 x 64 x 4)
+#: leave room for two resident CTAs per SM. flatten fuses the key-tile loop with the S-chunk loop, so the pipeline
+#: does not drain at each key tile (it costs more shared memory: 128 x 256 x 64 x 4 stages no longer fits).
+TMA_SPACE = [(128, 256, 64, 3, 8, False), (128, 256, 64, 4, 8, False), (128, 256, 128, 2, 8, False),
+             (128, 128, 64, 3, 8, False), (128, 128, 64, 4, 8, False), (128, 128, 64, 5, 8, False),
+             (128, 128, 128, 2, 8, False), (128, 128, 128, 3, 8, False), (128, 128, 64, 3, 4, False),
+             (128, 64, 64, 4, 4, False), (128, 64, 128, 3, 4, False), (64, 128, 64, 4, 4, False),
+             (64, 256, 64, 4, 8, False), (256, 128, 64, 3, 8, False), (256, 128, 128, 2, 8, False),
+             (256, 64, 64, 4, 8, False),
+             (128, 256, 64, 3, 8, True), (128, 128, 64, 3, 8, True), (128, 128, 64, 4, 8, True),
+             (128, 128, 128, 2, 8, True), (256, 128, 64, 3, 8, True), (128, 64, 64, 4, 4, True)]
 
 
 def _time(fn, n=10):
@@ -109,10 +114,10 @@ def compare_tma(lengths, roofline, bq, bk, S):
     print(f"# single-pass estimator, Hq={Hq} Hkv={Hkv} D={D} bf16 causal, {bq}/{bk}/{S}; median of 10 ms, cold L2; "
           f"TFLOP/s and roofline share ({roofline:.0f} TFLOP/s) from the pass A time")
     print(f"{'L':>7} {'path':>7} {'block_a':>7} {'block_c':>7} {'block_k':>7} {'stages':>6} {'warps':>5} "
-          f"{'total_ms':>9} {'passA_ms':>9} {'TFLOP/s':>8} {'roofline':>8}")
+          f"{'flat':>4} {'total_ms':>9} {'passA_ms':>9} {'TFLOP/s':>8} {'roofline':>8}")
     plan = [("pointer", dict(use_tma=False)), ("tma", dict())]
-    plan += [("tma", dict(block_a=ba, block_c=bc, block_k=bkk, num_stages=ns, num_warps=nw))
-             for ba, bc, bkk, ns, nw in TMA_SPACE]
+    plan += [("tma", dict(block_a=ba, block_c=bc, block_k=bkk, num_stages=ns, num_warps=nw, flatten=fl))
+             for ba, bc, bkk, ns, nw, fl in TMA_SPACE]
     for L in lengths:
         g = torch.Generator(device=DEV).manual_seed(L)
         q = torch.randn((1, Hq, L, D), device=DEV, generator=g, dtype=torch.bfloat16)
@@ -138,6 +143,7 @@ def compare_tma(lengths, roofline, bq, bk, S):
                                              scale=None, layout="BHSD", method="single_pass",
                                              scratch=scratch_alloc(), **kw)
             cfg = [kw.get(n) or "def" for n in ("block_a", "block_c", "block_k", "num_stages", "num_warps")]
+            cfg.append("yes" if kw.get("flatten") else "no")
             try:
                 total = _time(est)[0]
                 fin, estimate._xattn_finalize_kernel = estimate._xattn_finalize_kernel, _NoLaunch()
@@ -150,8 +156,8 @@ def compare_tma(lengths, roofline, bq, bk, S):
                       f"{str(e)[:80]}", flush=True)
                 continue
             rate = flop / pass_a / 1e9
-            print(f"{L:>7} {path:>7} {cfg[0]:>7} {cfg[1]:>7} {cfg[2]:>7} {cfg[3]:>6} {cfg[4]:>5} {total:>9.3f} "
-                  f"{pass_a:>9.3f} {rate:>8.0f} {rate / roofline:>8.0%}", flush=True)
+            print(f"{L:>7} {path:>7} {cfg[0]:>7} {cfg[1]:>7} {cfg[2]:>7} {cfg[3]:>6} {cfg[4]:>5} {cfg[5]:>4} "
+                  f"{total:>9.3f} {pass_a:>9.3f} {rate:>8.0f} {rate / roofline:>8.0%}", flush=True)
         del q, k, scores, pool
         torch.cuda.empty_cache()
 

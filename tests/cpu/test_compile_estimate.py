@@ -122,3 +122,18 @@ def test_pass_a_pointer_variant(pass_a_sm90):
     kern = _compile(pass_a_sm90, use_tma=False)
     assert "cp.async.bulk.tensor" not in kern.asm["ptx"]
     assert "wgmma" in kern.asm["ptx"]
+
+
+def _tma_space():
+    sys.path.insert(0, os.path.join(_ROOT, "benchmarks"))
+    from bench_estimate import TMA_SPACE
+
+    return TMA_SPACE if os.environ.get("PSA_COMPILE_ALL") == "1" else TMA_SPACE[:1] + TMA_SPACE[-1:]
+
+
+@pytest.mark.parametrize("block_a,block_c,block_k,num_stages,num_warps,flatten", _tma_space())
+def test_bench_tma_space_fits_sm90(pass_a_sm90, block_a, block_c, block_k, num_stages, num_warps, flatten):
+    """Every point that bench_estimate.py --compare-tma times builds for sm_90 on the TMA path within 227 KiB."""
+    kern = _compile(pass_a_sm90, block_a=block_a, block_c=block_c, block_k=block_k, num_stages=num_stages,
+                    num_warps=num_warps, flatten=flatten)
+    assert "cp.async.bulk.tensor" in kern.asm["ptx"]

@@ -410,10 +410,10 @@ _FIN_BLOCK_J = 128  # key blocks per step of pass B's block-sum loop
 # default 128 x 128 x 4: 1.30), 128k 13.1 ms (128 x 128: 16.7-17.9). Two-pass: 128 x 128 x 2 stages 2.35 ms at
 # 32k against 3.83 ms with 128 x 64.
 # TMA path (sm_90): the defaults above are still the pointer path's; not yet measured on TMA. Search space (block_a,
-# block_c, block_k, num_stages, num_warps), all within 227 KiB of shared memory for bf16 D 128: block_a 64 / 128 /
-# 256, block_c 64 / 128 / 256, block_k 64 / 128, 2-5 stages, 4 / 8 warps; the points are benchmarks/
-# bench_estimate.py TMA_SPACE, timed against the pointer path by its --compare-tma table (H200 baseline, pointer
-# path, bf16 Qwen shapes at 32k: 1.41 ms, about 170 TFLOP/s of GEMM work).
+# block_c, block_k, num_stages, num_warps, flatten), all within 227 KiB of shared memory for bf16 D 128: block_a
+# 64 / 128 / 256, block_c 64 / 128 / 256, block_k 64 / 128, 2-5 stages, 4 / 8 warps, flatten off / on; the points
+# are benchmarks/bench_estimate.py TMA_SPACE, timed against the pointer path by its --compare-tma table (H200
+# baseline, pointer path, bf16 Qwen shapes at 32k: 1.41 ms, about 170 TFLOP/s of GEMM work).
 _SP_BLOCK_C = 256
 _SP_BLOCK_K = 64
 _TP_BLOCK_C = 128
