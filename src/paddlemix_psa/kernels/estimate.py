@@ -28,8 +28,9 @@ Single-pass method (``method="single_pass"``; needs caller scratch): the strided
   ``[b, h, S-1-s, a0, d0]`` is exactly the strided row set ``a*S + S-1-s`` of a tile, and the box of k at
   ``[b, kvh, s, c0, d0]`` the rows ``c*S + s``; the hardware zero-fills whole groups past ``L // S`` and columns
   past D. The group axis sits before the row axis so that only leading unit dims are dropped: the reshaped box
-  stays a shared-memory operand of wgmma (with ``[.., L // S, S, D]`` the q box went through registers). Rows of a partial last group (``L % S != 0``) lie outside the view, so a query tile or key tile that
-  reaches it keeps the pointer loads (one branch per program and per key tile, outside the pipelined loop).
+  stays a shared-memory operand of wgmma (with ``[.., L // S, S, D]`` the q box went through registers). Rows of
+  a partial last group (``L % S != 0``) lie outside the view, so a query tile or key tile that reaches it keeps
+  the pointer loads (one branch per program and per key tile, outside the pipelined loop).
 - Pass B (``_xattn_finalize_kernel``): per row a, ``m = max_t tmax``, ``l = sum_t tsum * exp2(tmax - m)``; then
   ``A[i, j] = sum_{valid a in block i} part[a, j] * exp2(tmax[a, t(j)] - m) / l``, exact zeros in upper blocks.
 """
@@ -272,7 +273,8 @@ def _xattn_partial_kernel(Q, K, Part, TMax, TSum, Q_DESC, K_DESC,
         c_end = tl.minimum((a_last * STRIDE + STRIDE - 1 + off) // STRIDE + 1, n_c_valid)
     n_ct = (c_end + BLOCK_C - 1) // BLOCK_C
 
-    # key tiles [0, n_tma) through TMA: needs a query tile and key tiles clear of a partial last group
+    # FLATTEN fuses the key-tile loop with the inner S-chunk loop, so the pipeline does not drain per key tile.
+    # Key tiles [0, n_tma) through TMA: needs a query tile and key tiles clear of a partial last group
     n_tma = 0
     if USE_TMA:
         q_whole = (Lq % STRIDE == 0) | (a0 + BLOCK_A <= Lq // STRIDE)
@@ -283,8 +285,7 @@ def _xattn_partial_kernel(Q, K, Part, TMax, TSum, Q_DESC, K_DESC,
                                 STRIDE, BLOCK_A, BLOCK_C, BLOCK_K, KSPLIT, NUM_STAGES, DOT_PRECISION)
             _store_tile_stats(x, ct, offs_a, a_valid, a_store, n_c_valid, off, qk_scale, p_base, tm_base, ts_base,
                               stride_pa, stride_ta, nk, STRIDE, RK, BLOCK_A, BLOCK_C, CAUSAL)
-    # FLATTEN fuses the key-tile loop with the inner S-chunk loop, so the pipeline does not drain per key tile
-    for ct in tl.range(n_tma, n_ct, flatten=FLATTEN):
+    for ct in tl.range(n_tma, n_ct, flatten=FLATTEN):  # pointer loads: the rest (all tiles without TMA)
         offs_c = ct * BLOCK_C + tl.arange(0, BLOCK_C)
         x = _xattn_tile_pipelined(q_base, k_base, offs_a, offs_c, Lq, Lk, stride_ql, stride_kl,
                                   HEAD_DIM, STRIDE, BLOCK_A, BLOCK_C, BLOCK_K, KSPLIT, NUM_STAGES, DOT_PRECISION)
