@@ -219,9 +219,8 @@ KINDS = ("uniform", "power", "ties", "band", "zeros")
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_threshold_search_density_and_histogram_match_oracle(kind):
-    """The kernel finds the level thresholds by a search, not a sort: its prefix sums add in another order than
-    the fp64 oracle's cumsum, so energybound levels are bit-exact only away from the ends (1e-5, PSA-SPEC T6);
+def test_levels_density_and_histogram_match_oracle(kind):
+    """The kernel's fp32 prefix sums add in another order than the fp64 oracle's cumsum, so energybound levels are bit-exact only away from the ends (1e-5, docs/ALGORITHM.md T6);
     near an end a block may move one level (tie-heavy rows have E exactly at an end, decided by rounding).
     Stated tolerance: |density - oracle| <= 1e-3 and each level's share of the valid pairs within 2e-3."""
     rng = np.random.default_rng(KINDS.index(kind))
@@ -239,8 +238,8 @@ def test_threshold_search_density_and_histogram_match_oracle(kind):
 
 
 @pytest.mark.parametrize("kind", ["ties", "band"])
-def test_threshold_search_topk_exact_on_structured_rows(kind):
-    """topk ranks are integers: the searched thresholds give the oracle's levels exactly, ties included."""
+def test_topk_exact_on_structured_rows(kind):
+    """topk ranks are integers: the kernel gives the oracle's levels exactly, ties included."""
     rng = np.random.default_rng(KINDS.index(kind))
     geom = dict(Lq=1000, Lk=1200, query_block=64, key_block=16, causal=True)
     s = _structured_scores(kind, rng, (1, 2, 16, 75)).astype(np.float32)
@@ -325,7 +324,7 @@ def test_guard_fires_in_non_causal_energybound():
 
 
 def test_long_row_padded_to_4096():
-    """nk = 3000 (NK_PAD 4096), one query block: threshold searches and stores over a long row."""
+    """nk = 3000 (NK_PAD 4096), one query block: selection and stores over a long row."""
     rng = np.random.default_rng(5)
     nk = 3000
     s = (rng.random((1, 1, 1, nk)) ** 6).astype(np.float32)

@@ -1,13 +1,10 @@
-"""Level-map selection (PSA-SPEC §7 + §8) and the level map -> index list (LUT) conversion.
+"""Level-map selection (docs/ALGORITHM.md §7 + §8) and the level map -> index list (LUT) conversion.
 
-``psa_select_levels``: one program per row (b, h_m, i), no sort. The rank order (descending score, ties to the
-smaller j) is the order of the keys (monotone int32 image of the fp32 score, then -j). The levels are nested rank
-prefixes, so per level bound only its last key is needed: a bisection over the score image (then over j, only when
-blocks tie at the crossing) finds, for the four bounds at once, the last key whose prefix sum of the energy
-(energybound, ``E <= e``) or of the count (topk, ``rank <= beta``) still passes. Prefix sums are masked fp32
-reductions: topk is exact; energybound differs from a sorted cumsum only by the addition order (levels may differ
-for blocks whose E lies within rounding of an end). The forced rules F1-F6 run on the row in j order and the
-levels are stored contiguously to ``out_map[b, h, i, :]`` (every j < nk written exactly once).
+``psa_select_levels``: one program per row (b, h_m, i). The row's valid blocks are sorted by score, descending,
+ties to the smaller j, with one ``tl.sort`` over int64 keys ``(monotone int32 image of the fp32 score) << 32 |
+(NK_PAD - 1 - j)``; the sorted key carries both the score (bit-exact) and the block index, so no gather is needed.
+Then an fp32 cumsum gives ``E`` (energybound) or the rank gives the topk level, the forced rules F1-F6 run in the
+same registers, and the levels are scattered back to ``out_map[b, h, i, j]`` (every j < nk written exactly once).
 
 ``psa_build_lut``: one program per row; per level 1, 2, 4, 8 an exclusive prefix sum places the kept valid
 blocks (ascending j) after the previous levels; the rest of the row is zero padding.
@@ -33,70 +30,6 @@ CANONICAL_LEVELS = (1, 2, 4, 8, 0)
 #: slots of the optional int32 ``counters`` buffer (pairs each forced rule changed, cap demotions, rows)
 COUNTER_NAMES = ("tail", "diagonal", "sink", "cap", "degenerate", "guard")
 _MODES = ("energybound", "topk")
-
-
-@triton.jit
-def _prefix_weight(w, inside):
-    """Per row t of ``inside`` [4, NK_PAD]: the fp32 sum of ``w`` over its lanes, as [4, 1]. Every call reduces
-    the same shape in the same tree, so with w >= 0 the sum never shrinks when ``inside`` grows, and the whole
-    row sums to exactly ``total4``. (Per-bound values stay [4, 1] so that they share the 2-D layout.)"""
-    return tl.sum(tl.where(inside, w[None, :], 0.0), axis=1, keep_dims=True)
-
-
-@triton.jit
-def _passes(f, total4, bound, TOPK: tl.constexpr):
-    """Does a rank prefix of weight ``f`` stay inside the level bound? (§7.2: ``E <= e``; §7.3: rank <= beta)"""
-    if TOPK:
-        return f <= bound
-    else:
-        return tl.minimum(f / total4, 1.0) <= bound
-
-
-@triton.jit
-def _level_thresholds(w, mono, j, valid, m_min, m_max, total4, bound, NK_PAD: tl.constexpr, TOPK: tl.constexpr):
-    """For the four level bounds at once, the last rank key (m, jt) whose prefix still passes (§7).
-
-    Passing is monotone along the rank order, so a bisection finds it: first over the score image m
-    (prefixes "mono >= m"; lo always fails, hi always passes), then, only where several blocks tie at the
-    crossing score, over j among them (ties go to the smaller j). A key (m_min - 1, -1) means no block passes.
-    """
-    lo = tl.zeros_like(total4).to(tl.int64) + (m_min.to(tl.int64) - 1)
-    hi = tl.zeros_like(total4).to(tl.int64) + (m_max.to(tl.int64) + 1)  # the empty prefix passes
-    while tl.max(hi - lo) > 1:
-        mid = (lo + hi) >> 1
-        f = _prefix_weight(w, mono[None, :] >= mid.to(tl.int32))
-        ok = _passes(f, total4, bound, TOPK)
-        live = hi - lo > 1
-        hi = tl.where(live & ok, mid, hi)
-        lo = tl.where(live & ~ok, mid, lo)
-    # blocks with mono >= hi pass and mono < lo fail; those tied at lo pass up to some j
-    m_cut = lo.to(tl.int32)
-    n_tied = tl.sum((mono[None, :] == m_cut).to(tl.int32), axis=1, keep_dims=True)
-    j_lo = tl.full([4, 1], -1, dtype=tl.int32)  # passes: the prefix "mono >= hi"
-    if tl.max(n_tied) > 1:
-        j_hi = tl.full([4, 1], NK_PAD, dtype=tl.int32)  # fails: the whole tie, "mono >= lo"
-        while tl.max(j_hi - j_lo) > 1:
-            mid_j = (j_lo + j_hi) >> 1
-            f = _prefix_weight(w, _ranked_before_4(mono, j, m_cut, mid_j))
-            ok = _passes(f, total4, bound, TOPK)
-            j_lo = tl.where(ok, mid_j, j_lo)
-            j_hi = tl.where(ok, j_hi, mid_j)
-    return m_cut, j_lo
-
-
-@triton.jit
-def _ranked_before_4(mono, j, m, jt):
-    """[4, NK_PAD]: block ranks at or before the key (m[t], jt[t]) (m, jt: [4, 1])."""
-    return (mono[None, :] > m) | ((mono[None, :] == m) & (j[None, :] <= jt))
-
-
-@triton.jit
-def _ranked_before(mono, j, m, jt, t: tl.constexpr):
-    """[NK_PAD]: block ranks at or before the key of level bound ``t``."""
-    t4 = tl.arange(0, 4)[:, None]
-    m_t = tl.sum(tl.where(t4 == t, m, 0))
-    jt_t = tl.sum(tl.where(t4 == t, jt, 0))
-    return (mono > m_t) | ((mono == m_t) & (j <= jt_t))
 
 
 @triton.jit(do_not_specialize=["Lq", "Lk", "nq", "nk", "tail_start", "I0", "NI", "stride_sb", "stride_sh", "stride_si",
@@ -130,74 +63,72 @@ def _select_levels_kernel(Scores, Map, Cap, Counters,
     sc = tl.load(s_row + j, mask=valid, other=0.0).to(tl.float32)
     sc = tl.where(sc == 0.0, 0.0, sc)  # -0.0 ties with +0.0
 
-    # ---- rank order without sorting: descending score, ties to the smaller j. Block b ranks at or before the
-    # block keyed (m, jt) iff mono_b > m, or mono_b == m and j_b <= jt.
+    # ---- sort: descending score, ties to the smaller j; invalid lanes last
     bits = sc.to(tl.int32, bitcast=True)
     mono = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # order-preserving int32 image of the float
     mono = tl.where(valid, mono, -2147483648)
-    m_min = tl.min(tl.where(valid, mono, 2147483647), axis=0)
-    m_max = tl.max(mono, axis=0)
-    # bound index t as [4, 1] in the layout of the [4, NK_PAD] reductions (no conversions in the searches)
-    t4 = tl.max(tl.arange(0, 4)[:, None] + tl.zeros([4, NK_PAD], dtype=tl.int32), axis=1, keep_dims=True)
-    # ---- §7 level assignment: level t holds the blocks whose rank-prefix weight passes the bound of t
+    key = (mono.to(tl.int64) << 32) | (NK_PAD - 1 - j).to(tl.int64)
+    key = tl.sort(key, descending=True)
+    jj = (NK_PAD - 1) - key.to(tl.int32)  # truncation keeps the low word (< NK_PAD, never negative)
+    hi = (key >> 32).to(tl.int32)
+    ss = (hi ^ ((hi >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
+    vs = jj <= J  # valid, in sorted order (valid lanes come first)
+    rank = tl.arange(0, NK_PAD)
+
+    # ---- §7 level assignment
     if TOPK:
         n64 = n.to(tl.int64)
         b1 = tl.maximum((u1 * n64 + 500000) // 1000000, 1)
         b2 = tl.maximum((u2 * n64 + 500000) // 1000000, 1)
         b4 = tl.maximum((u4 * n64 + 500000) // 1000000, 1)
         b8 = tl.maximum((u8 * n64 + 500000) // 1000000, 1)
-        bound = tl.where(t4 == 0, b1, tl.where(t4 == 1, b2, tl.where(t4 == 2, b4, b8))).to(tl.float32)
-        w = tl.where(valid, 1.0, 0.0)  # prefix weight = 1-based rank, exact in fp32
+        r1 = (rank + 1).to(tl.int64)
+        lvl = tl.where(r1 <= b1, 1, tl.where(r1 <= b2, 2, tl.where(r1 <= b4, 4, tl.where(r1 <= b8, 8, 0))))
         n_degenerate = 0
     else:
-        bound = tl.where(t4 == 0, e1, tl.where(t4 == 1, e2, tl.where(t4 == 2, e4, e8)))
-        w = tl.where(valid, sc, 0.0)
-        total = tl.sum(w, axis=0)
+        x = tl.where(vs, ss, 0.0)
+        total = tl.sum(x, axis=0)
+        csum = tl.cumsum(x, axis=0)
+        E = tl.minimum(csum / total, 1.0)
+        E = tl.where(rank == n - 1, 1.0, E)
+        lvl = tl.where(E <= e1, 1, tl.where(E <= e2, 2, tl.where(E <= e4, 4, tl.where(E <= e8, 8, 0))))
         good = (total > 0.0) & (total < float("inf"))  # NaN fails both
-        n_degenerate = tl.where(good, 0, 1)
-    total4 = _prefix_weight(w, tl.broadcast_to(valid[None, :], (4, NK_PAD)))  # E of the last block is exactly 1
-    m_lvl, j_lvl = _level_thresholds(w, mono, j, valid, m_min, m_max, total4, bound, NK_PAD, TOPK)
-    lvl = tl.where(_ranked_before(mono, j, m_lvl, j_lvl, 0), 1,
-                   tl.where(_ranked_before(mono, j, m_lvl, j_lvl, 1), 2,
-                            tl.where(_ranked_before(mono, j, m_lvl, j_lvl, 2), 4,
-                                     tl.where(_ranked_before(mono, j, m_lvl, j_lvl, 3), 8, 0))))
-    if not TOPK:
         lvl = tl.where(good, lvl, 1)
-    lvl = tl.where(valid, lvl, 0)  # F2: upper (and padding) lanes -> 0
+        n_degenerate = tl.where(good, 0, 1)
+    lvl = tl.where(vs, lvl, 0)  # F2: upper (and padding) lanes -> 0
 
     # ---- §8 forced rules
     n_tail = 0
     if TAIL:
-        last_key = tl.minimum((j + 1) * KEY_BLOCK, Lk) - 1
-        f1 = valid & ((z_i >= tail_start) | (last_key >= tail_start)) & (lvl != 1)
+        last_key = tl.minimum((jj + 1) * KEY_BLOCK, Lk) - 1
+        f1 = vs & ((z_i >= tail_start) | (last_key >= tail_start)) & (lvl != 1)
         n_tail = tl.sum(f1.to(tl.int32), axis=0)
         lvl = tl.where(f1, 1, lvl)
     n_diag = 0
     if CAUSAL:
-        f3 = valid & (j >= (i * QUERY_BLOCK + off) // KEY_BLOCK) & (lvl != 1)
+        f3 = vs & (jj >= (i * QUERY_BLOCK + off) // KEY_BLOCK) & (lvl != 1)
         n_diag = tl.sum(f3.to(tl.int32), axis=0)
         lvl = tl.where(f3, 1, lvl)
     n_sink = 0
     if FORCE_SINK:
-        f4 = (j == 0) & (lvl != 1)
+        f4 = (jj == 0) & (lvl != 1)
         n_sink = tl.sum(f4.to(tl.int32), axis=0)
         lvl = tl.where(f4, 1, lvl)
     n_cap = 0
     if HAS_CAP:
         kvh = h // G
         c_row = Cap + b.to(tl.int64) * stride_cb + kvh.to(tl.int64) * stride_ch
-        cap = tl.load(c_row + j, mask=valid, other=8).to(tl.int32)
-        f5 = valid & (lvl > 1) & (cap < lvl)
+        cap = tl.load(c_row + jj, mask=vs, other=8).to(tl.int32)
+        f5 = vs & (lvl > 1) & (cap < lvl)
         n_cap = tl.sum(f5.to(tl.int32), axis=0)
         lvl = tl.where(f5, cap, lvl)
-    kept = tl.sum((valid & (lvl > 0)).to(tl.int32), axis=0)
-    j_top = tl.min(tl.where(valid & (mono == m_max), j, NK_PAD), axis=0)
-    f6 = (j == j_top) & (kept == 0)  # F6: top-ranked valid block
+    kept = tl.sum((vs & (lvl > 0)).to(tl.int32), axis=0)
+    f6 = (rank == 0) & (kept == 0)  # F6: top-ranked valid block
     n_guard = tl.sum(f6.to(tl.int32), axis=0)
     lvl = tl.where(f6, 1, lvl)
 
     m_row = Map + b.to(tl.int64) * stride_mb + h.to(tl.int64) * stride_mh + i.to(tl.int64) * stride_mi
-    tl.store(m_row + j, lvl.to(tl.int8), mask=j < nk)
+    tl.store(m_row + jj, lvl.to(tl.int8), mask=jj < nk)
     # upper blocks beyond this bucket's width are never left unwritten
     for z0 in range(NK_PAD, nk, NK_PAD):
         tl.store(m_row + z0 + j, tl.zeros([NK_PAD], dtype=tl.int8), mask=z0 + j < nk)
@@ -309,7 +240,7 @@ def _row_buckets(Lq: int, Lk: int, query_block: int, key_block: int, causal: boo
                  max_buckets: int | None = None):
     """Contiguous query-block ranges [i0, i1) launched with one padded row width each (a power of two).
 
-    A causal row i has n_i = J_i + 1 valid blocks, growing with i; selecting each row at its own padded width
+    A causal row i has n_i = J_i + 1 valid blocks, growing with i; sorting each row at its own padded width
     instead of the widest one cuts the selection work on long prefills, but every bucket is one more launch
     with a partial last wave, so with `max_buckets` the narrowest buckets are merged upwards until at most
     that many remain (default MAX_BUCKETS: no merging; see the measurements above it). Widths are powers of
@@ -343,7 +274,7 @@ def psa_select_levels(scores, out_map, *, Lq: int, Lk: int, query_block: int, ke
                       mode: str, ends, dense_tail_tokens: int = 0, prompt_end: int | None = None,
                       force_sink: bool = True, sim_cap=None, gqa_group: int = 1, counters=None,
                       max_buckets: int | None = None) -> None:
-    """Block levels (PSA-SPEC §7 then §8 F1-F6) from block scores, into the caller's ``out_map``.
+    """Block levels (docs/ALGORITHM.md §7 then §8 F1-F6) from block scores, into the caller's ``out_map``.
 
     Args:
         scores: fp32 ``[B, H_m, nq, nk]`` (e.g. from ``psa_estimate_scores``; mean over the group for
@@ -365,9 +296,7 @@ def psa_select_levels(scores, out_map, *, Lq: int, Lk: int, query_block: int, ke
             ``COUNTER_NAMES`` = pairs changed by F1, F3, F4, cap demotions, degenerate rows, F6 firings.
         max_buckets: at most this many launches of equal padded row width (None: ``MAX_BUCKETS``).
 
-    The rank order is deterministic (descending fp32 score, ties to the smaller j); the energy prefix sums are
-    fp32 masked reductions, not a cumsum, so a block whose E lies within fp32 rounding of an end may get the
-    neighbouring level (tests/interpret/test_select_interp.py states the tolerance).
+    Sorting is deterministic (descending fp32 score, ties to the smaller j); energy and cumsum are fp32.
     """
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
