@@ -409,17 +409,17 @@ def main():
     results = []
     print(f"{'L':>7} {'row':<10} {'impl':<26} {'ms':>9} {'ratio':>7} {'TFLOP/s':>7} {'density':>7} {'cos':>8} "
           f"{'relL2':>8} {'plan%':>6}")
+    blob = dict(card=card, date=date, command=cmd, commit=commit, torch=torch.__version__,
+                triton=triton.__version__, shapes=dict(B=B, Hq=HQ, Hkv=HKV, D=D, dtype="bfloat16", causal=True,
+                                                        query_block=QB, key_block=KB),
+                launch_cfg=cfg or "default", rows=results, sweep=sweeps)
     for s in [x for x in args.lengths.split(",") if x]:
         try:
             run_length(parse_len(s), args, results, cfg)
         except Exception:
             traceback.print_exc()
-    blob = dict(card=card, date=date, command=cmd, commit=commit, torch=torch.__version__,
-                triton=triton.__version__, shapes=dict(B=B, Hq=HQ, Hkv=HKV, D=D, dtype="bfloat16", causal=True,
-                                                        query_block=QB, key_block=KB),
-                launch_cfg=cfg or "default", rows=results, sweep=sweeps)
-    with open(args.json, "w") as f:
-        json.dump(blob, f, indent=1)
+        with open(args.json, "w") as f:  # after every length: a run cut short keeps what it measured
+            json.dump(blob, f, indent=1)
     lines = [f"\n## {date} — {card}\n", f"`{cmd}` (commit {commit}, torch {torch.__version__}, triton "
              f"{triton.__version__}); B={B}, H_q={HQ}, H_kv={HKV}, D={D}, bf16, causal, query_block={QB}, "
              f"key_block={KB}\n",
