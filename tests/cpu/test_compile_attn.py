@@ -10,87 +10,40 @@ import sys
 
 import pytest
 
+from _sm90 import SMEM_LIMIT, FakeTensor, stub_driver
+
 triton = pytest.importorskip("triton")
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if os.path.join(_ROOT, "src") not in sys.path:
     sys.path.insert(0, os.path.join(_ROOT, "src"))
 
-SMEM_LIMIT = 227 * 1024
-
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1",
                                 reason="compile-only tests need compiled (not interpreted) kernels")
 
 
-class _Fake:
-    """Tensor-like with metadata only (never dereferenced: nothing is launched)."""
-
-    def __init__(self, shape, dtype):
-        self.shape = tuple(shape)
-        self.dtype = dtype
-        st, acc = [], 1
-        for s in reversed(self.shape):
-            st.append(acc)
-            acc *= max(int(s), 1)
-        self._stride = tuple(reversed(st))
-
-    def data_ptr(self):
-        return 1 << 24  # 16-byte aligned
-
-    def stride(self):
-        return self._stride
-
-
 @pytest.fixture
 def sm90(tmp_path, monkeypatch):
-    from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia.driver import CudaDriver
-
-    class _StubDriver(CudaDriver):
-        def __init__(self):  # no super().__init__(): it may import torch / load libcuda
-            pass
-
-        def get_current_device(self):
-            return 0
-
-        def get_current_stream(self, device=None):
-            return 0
-
-        def get_current_target(self):
-            return GPUTarget("cuda", 90, 32)
-
-        def get_device_capability(self, device=0):
-            return (9, 0)
-
-        @staticmethod
-        def is_active():
-            return True
-
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton-cache"))
-    cfg = triton.runtime.driver
-    prev = cfg._active
-    cfg.set_active(_StubDriver())
-    try:
+    with stub_driver(90):
         yield
-    finally:
-        cfg._active = prev
 
 
 def _attn_variant(D, bq, bk, dtype, causal, levels, gqa_mask="per_head", lse=False, tma=True):
     from paddlemix_psa.kernels import attn_fwd
 
     B, Hq, Hkv, L = 1, 28, 4, 4096
-    q = _Fake((B, Hq, L, D), dtype)
-    k, v = _Fake((B, Hkv, L, D), dtype), _Fake((B, Hkv, L, D), dtype)
-    kp = {p: _Fake((B, Hkv, -(-L // p), D), dtype) for p in levels if p > 1}
-    vp = {p: _Fake((B, Hkv, -(-L // p), D), dtype) for p in levels if p > 1}
+    q = FakeTensor((B, Hq, L, D), dtype)
+    k, v = FakeTensor((B, Hkv, L, D), dtype), FakeTensor((B, Hkv, L, D), dtype)
+    kp = {p: FakeTensor((B, Hkv, -(-L // p), D), dtype) for p in levels if p > 1}
+    vp = {p: FakeTensor((B, Hkv, -(-L // p), D), dtype) for p in levels if p > 1}
     Hm = Hq if gqa_mask == "per_head" else Hkv
     nq, nk = -(-L // bq), -(-L // bk)
-    lut, cnt = _Fake((B, Hm, nq, nk), "int32"), _Fake((B, Hm, nq, 4), "int32")
-    runs = _Fake((B, Hm, nq), "int32") if tma is not None else None
+    lut, cnt = FakeTensor((B, Hm, nq, nk), "int32"), FakeTensor((B, Hm, nq, 4), "int32")
+    runs = FakeTensor((B, Hm, nq), "int32") if tma is not None else None
     grid, args, meta = attn_fwd._attn_launch_args(
-        q, k, v, kp, vp, lut, cnt, _Fake(q.shape, dtype), query_block=bq, key_block=bk, causal=causal, scale=None,
-        layout="BHSD", gqa_mask=gqa_mask, lse=_Fake((B, Hq, L), "float32") if lse else None, levels=levels,
+        q, k, v, kp, vp, lut, cnt, FakeTensor(q.shape, dtype), query_block=bq, key_block=bk, causal=causal, scale=None,
+        layout="BHSD", gqa_mask=gqa_mask, lse=FakeTensor((B, Hq, L), "float32") if lse else None, levels=levels,
         runs=runs, config=None if tma is None else {"use_tma": tma})
     assert meta["USE_TMA"] == bool(tma)
     return attn_fwd._psa_attn_fwd_kernel.warmup(*args, grid=grid, **meta)
@@ -146,8 +99,8 @@ def test_pool_compiles_for_sm90(sm90, D, dt):
     from paddlemix_psa.kernels import pool
 
     L = 4097
-    k, v = _Fake((1, 4, L, D), dt), _Fake((1, 4, L, D), dt)
-    out = {p: _Fake((1, 4, -(-L // p), D), dt) for p in (2, 4, 8)}
+    k, v = FakeTensor((1, 4, L, D), dt), FakeTensor((1, 4, L, D), dt)
+    out = {p: FakeTensor((1, 4, -(-L // p), D), dt) for p in (2, 4, 8)}
     grid, args, meta = pool._pool_launch_args(k, v, out, dict(out), layout="BHSD", block_t=64, num_warps=4)
     kern = pool._psa_pool_kernel.warmup(*args, grid=grid, **meta)
     assert kern.metadata.shared <= SMEM_LIMIT

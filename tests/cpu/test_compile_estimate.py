@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from _sm90 import SMEM_LIMIT, FakeTensor, stub_driver
+
 triton = pytest.importorskip("triton")
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -18,47 +20,12 @@ if os.path.join(_ROOT, "src") not in sys.path:
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1",
                                 reason="compile-only tests need compiled (not interpreted) kernels")
-SMEM_LIMIT = 227 * 1024  # sm_90 opt-in shared memory per block
-
-
-class _Fake:
-    """Tensor-like with metadata only and a 16-byte aligned fake address (never dereferenced)."""
-
-    def __init__(self, shape, dtype):
-        self.shape = tuple(shape)
-        self.dtype = dtype
-        st, acc = [], 1
-        for s in reversed(self.shape):
-            st.append(acc)
-            acc *= max(int(s), 1)
-        self._stride = tuple(reversed(st))
-
-    def data_ptr(self):
-        return 1 << 24
-
-    def stride(self):
-        return self._stride
 
 
 @pytest.fixture
 def pass_a_sm90(tmp_path, monkeypatch):
     """Pass A launches become sm_90 warmups (collected); pass B is skipped."""
-    from triton.backends.compiler import GPUTarget
-
     from paddlemix_psa.kernels import estimate
-
-    class _StubDriver:
-        def get_current_device(self):
-            return 0
-
-        def get_current_stream(self, device=None):
-            return 0
-
-        def get_current_target(self):
-            return GPUTarget("cuda", 90, 32)
-
-        def is_active(self):
-            return True
 
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "cache"))
     compiled = []
@@ -71,23 +38,18 @@ def pass_a_sm90(tmp_path, monkeypatch):
 
     monkeypatch.setattr(estimate._xattn_partial_kernel, "run", warmup)
     monkeypatch.setattr(estimate._xattn_finalize_kernel, "run", lambda *a, **k: None)
-    drv = triton.runtime.driver
-    prev = drv._active
-    drv.set_active(_StubDriver())
-    try:
+    with stub_driver(90):
         yield compiled
-    finally:
-        drv._active = prev
 
 
 def _compile(compiled, dtype="bfloat16", D=128, layout="BHSD", L=32768, **tiles):
     from paddlemix_psa.kernels.estimate import psa_estimate_scores
 
     bhsd = lambda h: (1, h, L, D) if layout == "BHSD" else (1, L, h, D)  # noqa: E731
-    q, k = _Fake(bhsd(28), dtype), _Fake(bhsd(4), dtype)
-    out = _Fake((1, 28, -(-L // 128), -(-L // 32)), "float32")
+    q, k = FakeTensor(bhsd(28), dtype), FakeTensor(bhsd(4), dtype)
+    out = FakeTensor((1, 28, -(-L // 128), -(-L // 32)), "float32")
     psa_estimate_scores(q, k, out, query_block=128, key_block=32, stride=16, causal=True, scale=None, layout=layout,
-                        scratch=lambda shp, dt: _Fake(shp, dt), **tiles)
+                        scratch=lambda shp, dt: FakeTensor(shp, dt), **tiles)
     kern = compiled[-1]
     assert 0 < kern.metadata.shared <= SMEM_LIMIT, f"shared memory {kern.metadata.shared} B > {SMEM_LIMIT} B"
     return kern

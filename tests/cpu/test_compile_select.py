@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-triton = pytest.importorskip("triton")
+from _sm90 import SMEM_LIMIT, FakeTensor, stub_driver
 
-from triton.backends.compiler import GPUTarget  # noqa: E402
+triton = pytest.importorskip("triton")
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if os.path.join(_ROOT, "src") not in sys.path:
@@ -27,47 +27,6 @@ def _subset(full, default_idx):
     return full if _ALL else [full[i] for i in default_idx]
 
 ARCH = 90
-SMEM_LIMIT = 227 * 1024  # H100 opt-in shared memory per block
-
-
-class _StubDriver:
-    """Enough of a Triton driver to compile (device 0, stream 0, a fixed CUDA target)."""
-
-    def __init__(self, arch):
-        self.target = GPUTarget("cuda", arch, 32)
-
-    def get_current_device(self):
-        return 0
-
-    def get_current_stream(self, device=None):
-        return 0
-
-    def get_current_target(self):
-        return self.target
-
-    def is_active(self):
-        return True
-
-
-class FakeTensor:
-    """Tensor-like with a 16-byte aligned fake address; never dereferenced (compile only)."""
-
-    def __init__(self, shape, dtype, stride=None):
-        self.shape = tuple(shape)
-        self.dtype = dtype
-        if stride is None:
-            stride, acc = [], 1
-            for s in reversed(self.shape):
-                stride.append(acc)
-                acc *= s
-            stride = tuple(reversed(stride))
-        self._stride = tuple(stride)
-
-    def data_ptr(self):
-        return 1 << 20
-
-    def stride(self):
-        return self._stride
 
 
 @pytest.fixture()
@@ -75,7 +34,6 @@ def compiled(tmp_path, monkeypatch):
     """Turn every launch of our kernels into a warmup; collect the compiled kernels."""
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "cache"))
     from triton import knobs
-    from triton.runtime import driver
 
     monkeypatch.setattr(knobs.cache, "dir", str(tmp_path / "cache"), raising=False)
     from paddlemix_psa.kernels import estimate, select, similarity
@@ -93,12 +51,8 @@ def compiled(tmp_path, monkeypatch):
             return k
 
         monkeypatch.setattr(kern, "run", run)
-    prev = driver._active
-    driver.set_active(_StubDriver(ARCH))
-    try:
+    with stub_driver(ARCH):
         yield out
-    finally:
-        driver._active = prev
 
 
 def _check(kernels):
