@@ -60,6 +60,20 @@ TMA_SPACE = [(128, 256, 64, 3, 8, False), (128, 256, 64, 4, 8, False), (128, 256
              (128, 128, 128, 2, 8, True), (256, 128, 64, 3, 8, True), (128, 64, 64, 4, 4, True)]
 
 
+def _scratch_allocator(pool: dict):
+    """An ``alloc(shape, dtype)`` that creates each buffer once per (request position, shape) and reuses it, so
+    scratch is allocated outside the timed region after the warm-up call. Keyed by position too: two buffers of
+    one shape (tmax, tsum) must never alias."""
+    position = itertools.count()
+
+    def alloc(shp, dt):
+        key = (next(position), tuple(shp), dt)
+        if key not in pool:
+            pool[key] = torch.empty(key[1], device=DEV, dtype=getattr(torch, dt))
+        return pool[key]
+    return alloc
+
+
 def _time(fn, n=10):
     import torch
 
@@ -127,15 +141,7 @@ def compare_tma(lengths, roofline, bq, bk, S):
         pool = {}
 
         def scratch_alloc():
-            # cached per (request position within a call, shape): tmax and tsum never alias
-            position = itertools.count()
-
-            def alloc(shp, dt):
-                key = (next(position), tuple(shp), dt)
-                if key not in pool:
-                    pool[key] = torch.empty(key[1], device=DEV, dtype=getattr(torch, dt))
-                return pool[key]
-            return alloc
+            return _scratch_allocator(pool)
 
         for path, kw in plan:
             def est(kw=kw):
@@ -231,16 +237,7 @@ def main():
         pool = {}
 
         def scratch_alloc():
-            """Scratch allocated once per (request position, shape), outside the timed region after the warm-up
-            call. Keyed by position too: two buffers of one shape (tmax, tsum) must never alias."""
-            position = itertools.count()
-
-            def alloc(shp, dt):
-                key = (next(position), tuple(shp), dt)
-                if key not in pool:
-                    pool[key] = torch.empty(key[1], device=DEV, dtype=getattr(torch, dt))
-                return pool[key]
-            return alloc
+            return _scratch_allocator(pool)
 
         def est(method=args.method, **tiles):
             psa_estimate_scores(q, k, scores, query_block=bq, key_block=bk, stride=S, causal=True, scale=None,
