@@ -64,6 +64,8 @@ def _scratch_allocator(pool: dict):
     """An ``alloc(shape, dtype)`` that creates each buffer once per (request position, shape) and reuses it, so
     scratch is allocated outside the timed region after the warm-up call. Keyed by position too: two buffers of
     one shape (tmax, tsum) must never alias."""
+    import torch
+
     position = itertools.count()
 
     def alloc(shp, dt):
