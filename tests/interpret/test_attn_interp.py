@@ -270,3 +270,31 @@ def test_pipeline_end_to_end(gqa_mask):
     Mref, _ = oracle.level_map(A, Lq=Lq, Lk=Lk, query_block=bq, key_block=bk, dense_tail_tokens=32,
                                sim_cap_levels=caps, gqa_group=Hq // Hkv if gqa_mask == "per_head" else 1)
     assert (Mn != Mref).mean() < 0.02
+
+
+def test_unaligned_kv_keep_pointer_loads_counted(monkeypatch, caplog):
+    # K/V at an address that is not 16-byte aligned cannot back a TMA descriptor: the runs are gathered, the
+    # launch is counted and logged once, and the output is the oracle's
+    import collections
+    import logging
+
+    from paddlemix_psa.kernels import _tma
+
+    monkeypatch.setattr(_tma, "TMA_FALLBACKS", collections.Counter())
+    rng = np.random.default_rng(21)
+    Lq, Lk = 128, 160
+    q, k, v = rand_qkv(rng, 1, 2, 1, Lq, Lk, 64)
+    views = []
+    for x in (k, v):
+        buf = np.full(x.size + 1, np.nan, np.float32)
+        view = buf[1:].reshape(x.shape)  # 4 bytes past an aligned address
+        view[...] = x
+        views.append(view)
+    M = np.ones((1, 2, 2, 5), np.int8)
+    with caplog.at_level(logging.WARNING, logger=_tma.__name__):
+        for _ in range(2):
+            out, _ = run_psa(q, k, v, M, query_block=64, key_block=32, causal=True, runs="tma", block_n=64,
+                             kv_views=tuple(views))
+            _check(out, oracle.psa_attention(q, k, v, M, query_block=64, key_block=32, causal=True), 2e-5)
+    assert _tma.TMA_FALLBACKS == {("psa_attn_fwd", "unaligned"): 2}
+    assert len([r for r in caplog.records if "16-byte aligned" in r.getMessage()]) == 1

@@ -298,9 +298,9 @@ def test_single_pass_unaligned_input_falls_back_once_logged(pass_a_spy, monkeypa
     import collections
     import logging
 
-    from paddlemix_psa.kernels import estimate
+    from paddlemix_psa.kernels import _tma
 
-    monkeypatch.setattr(estimate, "TMA_FALLBACKS", collections.Counter())
+    monkeypatch.setattr(_tma, "TMA_FALLBACKS", collections.Counter())
     rng = np.random.default_rng(14)
     Lq, D = 96, 64
     buf = np.zeros(2 * Lq * D + 1, np.float32)
@@ -308,11 +308,11 @@ def test_single_pass_unaligned_input_falls_back_once_logged(pass_a_spy, monkeypa
     q[...] = rng.standard_normal(q.shape)
     k = rng.standard_normal((1, 1, 160, D)).astype(np.float32)
     kw = dict(query_block=32, key_block=32, stride=8, causal=True, method="single_pass")
-    with caplog.at_level(logging.WARNING, logger=estimate.__name__):
+    with caplog.at_level(logging.WARNING, logger=_tma.__name__):
         a = _run(q, k, **kw, views=(q, k))
         b = _run(q, k, **kw, views=(q, k))
     assert pass_a_spy.use_tma == [False, False]
-    assert estimate.TMA_FALLBACKS == {"unaligned": 2}
+    assert _tma.TMA_FALLBACKS == {("psa_estimate_scores", "unaligned"): 2}
     assert len([r for r in caplog.records if "16-byte aligned" in r.getMessage()]) == 1
     ref = oracle.xattn_scores(q, k, query_block=32, key_block=32, stride=8, causal=True)
     np.testing.assert_allclose(a, ref, rtol=1e-3, atol=1e-6)

@@ -30,12 +30,12 @@ fills per program, which is what short sparse rows pay for. Measurements: ``benc
 from __future__ import annotations
 
 import math
-import os
 
 import triton
 import triton.language as tl
 
 from ._tensorlike import dtype_name, shape, strides
+from ._tma import descriptor, tma_available
 
 __all__ = ["psa_attn_fwd", "LEVELS", "default_config"]
 
@@ -344,14 +344,6 @@ def _psa_attn_fwd_kernel(
         tl.store(LSE + b64 * sLb + h.to(tl.int64) * sLh + offs_m, lse, mask=row_ok)
 
 
-def tma_available() -> bool:
-    """Whether the active Triton target has the tensor-memory accelerator (sm_90+); the interpreter emulates it."""
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        return True
-    target = triton.runtime.driver.active.get_current_target()
-    return target.backend == "cuda" and isinstance(target.arch, int) and target.arch >= 90
-
-
 def default_config(head_dim: int, query_block: int, key_block: int, dtype: str = "bfloat16") -> dict:
     """Launch config (H200 sweep, benchmarks/NOTES-attn.md): level-1 tile width ``block_n``, pooled-level tile
     width ``block_n_pooled``, warps, pipeline stages of the gathered loops and of the level-1 run loop, and
@@ -379,37 +371,6 @@ def _bhsd(t, layout):
     if layout == "BHSD":
         return s, st
     return (s[0], s[2], s[1], s[3]), (st[0], st[2], st[1], st[3])
-
-
-class _DescDtype(str):
-    """A dtype name with the ``itemsize`` Triton's TensorDescriptor checks (not every framework's dtype has it)."""
-
-    @property
-    def itemsize(self) -> int:
-        return 4 if self == "float32" else 2
-
-
-class _DescBase:
-    """What a TensorDescriptor reads from its base: the pointer and the dtype (name)."""
-
-    def __init__(self, t):
-        self._ptr = t.data_ptr()
-        self.dtype = _DescDtype(dtype_name(t))
-
-    def data_ptr(self) -> int:
-        return self._ptr
-
-
-def _slab_descriptor(t, bhsd_shape, bhsd_strides, block_n, d_pad):
-    """4-D [B, H, L, D] TMA descriptor over ``t`` (any layout: TMA takes one stride per dimension), or None when
-    the tensor's alignment does not allow one (the run loop then gathers)."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    esize = 4 if dtype_name(t) == "float32" else 2
-    if t.data_ptr() % 16 or any((st * esize) % 16 for st in bhsd_strides[:3]):
-        return None
-    base = t if hasattr(t.dtype, "itemsize") else _DescBase(t)  # the interpreter needs the tensor itself
-    return TensorDescriptor(base, list(bhsd_shape), list(bhsd_strides), [1, 1, block_n, d_pad])
 
 
 def _attn_launch_args(q, k, v, k_pooled, v_pooled, lut, counts, out, *, query_block, key_block, causal, scale,
@@ -504,8 +465,10 @@ def _attn_launch_args(q, k, v, k_pooled, v_pooled, lut, counts, out, *, query_bl
         scale = 1.0 / math.sqrt(D)
     k_desc = v_desc = None
     if run_blocks and cfg["use_tma"] is not False and tma_available():
-        k_desc = _slab_descriptor(k, (B, Hkv, Lk, D), kst, block_n, d_pad)
-        v_desc = _slab_descriptor(v, (B, Hkv, Lk, D), vst, block_n, d_pad)
+        # 4-D [B, H, L, D] views in any layout (TMA takes one stride per dimension), slabs of block_n rows
+        k_desc = descriptor(k, (B, Hkv, Lk, D), kst, (1, 1, block_n, d_pad), kernel="psa_attn_fwd")
+        if k_desc is not None:  # one fallback per launch, not per tensor
+            v_desc = descriptor(v, (B, Hkv, Lk, D), vst, (1, 1, block_n, d_pad), kernel="psa_attn_fwd")
     use_tma = k_desc is not None and v_desc is not None
     win = max(2, triton.next_power_of_2(query_block // key_block + 1))
     ptr = {p: (k_pooled.get(p, k), v_pooled.get(p, v)) for p in (2, 4, 8)}

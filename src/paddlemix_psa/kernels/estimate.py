@@ -37,22 +37,19 @@ Single-pass method (``method="single_pass"``; needs caller scratch): the strided
 
 from __future__ import annotations
 
-import collections
-import logging
 import math
 
 import triton
 import triton.language as tl
 
 from ._tensorlike import dtype_name, shape, strides
-from .attn_fwd import _DescBase, tma_available
+from ._tma import descriptor, tma_available
 
 __all__ = ["psa_estimate_scores", "estimate_scratch_shapes"]
 
 _HEAD_DIMS = (64, 80, 96, 128)
 _LAYOUTS = ("BHSD", "BSHD")
 _LOG2E = 1.4426950408889634
-_log = logging.getLogger(__name__)
 _MIN_PROGRAMS = 132  # about one wave on an H100 (132 SMs); a heuristic, see benchmarks/bench_estimate.py --sweep
 
 
@@ -372,27 +369,12 @@ def _bhld_shape(t, layout: str) -> tuple:
     return s[0], s[2], s[1], s[3]
 
 
-#: launches whose pass A could not build TMA descriptors on a TMA-capable target, by reason (logged once each)
-TMA_FALLBACKS: collections.Counter = collections.Counter()
-
-
 def _grouped_descriptor(t, bhl_shape, bhl_strides, S: int, block_rows: int, block_k: int):
     """TMA descriptor of the ``[B, H, S, L // S, D]`` view of ``t`` (``bhl_strides``: its B, H, L strides) with
-    box ``[1, 1, 1, block_rows, block_k]``, or None (counted in ``TMA_FALLBACKS``, logged once) when the address
-    or a stride is not 16-byte aligned."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
+    box ``[1, 1, 1, block_rows, block_k]``, or None when it is not 16-byte aligned (``_tma.descriptor``)."""
     (B, H, L, D), (sb, sh, sl) = bhl_shape, bhl_strides
-    esize = 4 if dtype_name(t) == "float32" else 2
-    if t.data_ptr() % 16 or any((st * esize) % 16 for st in (sb, sh, sl)):
-        reason = "unaligned"
-        if not TMA_FALLBACKS[reason]:
-            _log.warning("psa_estimate_scores: q/k address or strides not 16-byte aligned; pass A uses pointer "
-                         "loads instead of TMA (counted in estimate.TMA_FALLBACKS)")
-        TMA_FALLBACKS[reason] += 1
-        return None
-    base = t if hasattr(t.dtype, "itemsize") else _DescBase(t)  # the interpreter needs the tensor itself
-    return TensorDescriptor(base, [B, H, S, L // S, D], [sb, sh, sl, S * sl, 1], [1, 1, 1, block_rows, block_k])
+    return descriptor(t, (B, H, S, L // S, D), (sb, sh, sl, S * sl, 1), (1, 1, 1, block_rows, block_k),
+                      kernel="psa_estimate_scores")
 
 
 def _next_pow2(n: int) -> int:
@@ -581,7 +563,8 @@ def psa_estimate_scores(q, k, out, *, query_block: int, key_block: int, stride: 
     # a TMA box dimension holds at most 256 elements; a length below S has no whole stride group to view
     if use_tma is not False and tma_available() and max(BLOCK_A, BLOCK_C) <= 256 and min(Lq, Lk) >= S:
         q_desc = _grouped_descriptor(q, (B, Hq, Lq, D), (sqb, sqh, sql), S, BLOCK_A, BLOCK_K)
-        k_desc = _grouped_descriptor(k, (B, Hkv, Lk, D), (skb, skh, skl), S, BLOCK_C, BLOCK_K)
+        if q_desc is not None:  # one fallback per launch, not per tensor
+            k_desc = _grouped_descriptor(k, (B, Hkv, Lk, D), (skb, skh, skl), S, BLOCK_C, BLOCK_K)
     tma = q_desc is not None and k_desc is not None
     _xattn_partial_kernel[grid](
         q, k, part, tmax, tsum, q_desc if tma else None, k_desc if tma else None,
