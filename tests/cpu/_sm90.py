@@ -4,6 +4,19 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
+
+import pytest
+
+#: the repository root; the compile tests build the kernels of this checkout's src/, not an installed copy
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if os.path.join(ROOT, "src") not in sys.path:
+    sys.path.insert(0, os.path.join(ROOT, "src"))
+
+#: module mark of every compile-only test file
+COMPILE_ONLY = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1",
+                                  reason="compile-only tests need compiled (not interpreted) kernels")
 
 #: opt-in shared memory per block on sm_90
 SMEM_LIMIT = 227 * 1024

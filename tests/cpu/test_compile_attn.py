@@ -6,20 +6,14 @@ compiler (TTIR -> TTGIR -> PTX -> cubin with the bundled ptxas) without a GPU. E
 query block x dtype x causal; the default set covers each axis once.
 """
 import os
-import sys
 
 import pytest
 
-from _sm90 import SMEM_LIMIT, FakeTensor, stub_driver
+from _sm90 import COMPILE_ONLY, SMEM_LIMIT, FakeTensor, stub_driver
 
 triton = pytest.importorskip("triton")
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if os.path.join(_ROOT, "src") not in sys.path:
-    sys.path.insert(0, os.path.join(_ROOT, "src"))
-
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1",
-                                reason="compile-only tests need compiled (not interpreted) kernels")
+pytestmark = COMPILE_ONLY
 
 
 @pytest.fixture

@@ -10,16 +10,11 @@ import sys
 
 import pytest
 
-from _sm90 import SMEM_LIMIT, FakeTensor, stub_driver
+from _sm90 import COMPILE_ONLY, ROOT, SMEM_LIMIT, FakeTensor, stub_driver
 
 triton = pytest.importorskip("triton")
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if os.path.join(_ROOT, "src") not in sys.path:
-    sys.path.insert(0, os.path.join(_ROOT, "src"))
-
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1",
-                                reason="compile-only tests need compiled (not interpreted) kernels")
+pytestmark = COMPILE_ONLY
 
 
 @pytest.fixture
@@ -87,7 +82,7 @@ def test_pass_a_pointer_variant(pass_a_sm90):
 
 
 def _tma_space():
-    sys.path.insert(0, os.path.join(_ROOT, "benchmarks"))
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     from bench_estimate import TMA_SPACE
 
     return TMA_SPACE if os.environ.get("PSA_COMPILE_ALL") == "1" else TMA_SPACE[:1] + TMA_SPACE[-1:]

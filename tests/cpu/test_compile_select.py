@@ -5,20 +5,14 @@ torch). Each launcher runs its real argument checks and grid logic; the kernel c
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 
-from _sm90 import SMEM_LIMIT, FakeTensor, stub_driver
+from _sm90 import COMPILE_ONLY, SMEM_LIMIT, FakeTensor, stub_driver
 
 triton = pytest.importorskip("triton")
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if os.path.join(_ROOT, "src") not in sys.path:
-    sys.path.insert(0, os.path.join(_ROOT, "src"))
-
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1",
-                                reason="compile-only tests need compiled (not interpreted) kernels")
+pytestmark = COMPILE_ONLY
 #: PSA_COMPILE_ALL=1 builds every listed variant; the default set covers each axis once (about a minute)
 _ALL = os.environ.get("PSA_COMPILE_ALL") == "1"
 
