@@ -1,10 +1,13 @@
 """Level-map selection (docs/ALGORITHM.md §7 + §8) and the level map -> index list (LUT) conversion.
 
-``psa_select_levels``: one program per row (b, h_m, i). The row's valid blocks are sorted by score, descending,
-ties to the smaller j, with one ``tl.sort`` over int64 keys ``(monotone int32 image of the fp32 score) << 32 |
-(NK_PAD - 1 - j)``; the sorted key carries both the score (bit-exact) and the block index, so no gather is needed.
-Then an fp32 cumsum gives ``E`` (energybound) or the rank gives the topk level, the forced rules F1-F6 run in the
-same registers, and the levels are scattered back to ``out_map[b, h, i, j]`` (every j < nk written exactly once).
+``psa_select_levels``: one program per row (b, h_m, i). The order of §7 is (score descending, ties to the
+smaller j), but only the scores are sorted: one ``tl.sort`` of a monotone int32 image of the fp32 scores (half
+the data of a sort of (score, j) pairs). Along that order an fp32 cumsum gives ``E`` (energybound), or the rank
+gives the topk level, so each level boundary is a count c of leading blocks; block j is among the first c iff its
+score is above the c-th sorted score, or equal to it and among the first ``c - #above`` of its ties by j (a
+cumsum over j). Levels therefore come out in j order, the forced rules F1-F6 run in the same registers, and
+``out_map[b, h, i, :]`` is stored contiguously (every j < nk written exactly once). With ``lut``/``counts``
+the same program also writes the row's index list (the fused path of the pipeline).
 
 ``psa_build_lut``: one program per row; per level 1, 2, 4, 8 an exclusive prefix sum places the kept valid
 blocks (ascending j) after the previous levels; the rest of the row is zero padding.
@@ -32,17 +35,72 @@ COUNTER_NAMES = ("tail", "diagonal", "sink", "cap", "degenerate", "guard")
 _MODES = ("energybound", "topk")
 
 
+@triton.jit
+def _top_set(mono, key, rank, c):
+    """Membership, in j order, of the first ``c`` blocks of the order (score descending, ties to the smaller j).
+    ``key`` is ``mono`` sorted descending: the c-th key is the threshold; blocks above it are in, and of the blocks
+    equal to it the first ``c - #above`` by j (an inclusive count of ties over j)."""
+    t = tl.sum(tl.where(rank == c - 1, key, 0), axis=0)
+    above = mono > t
+    tie = mono == t
+    n_tie_in = c - tl.sum(above.to(tl.int32), axis=0)
+    return (c > 0) & (above | (tie & (tl.cumsum(tie.to(tl.int32), axis=0) <= n_tie_in)))
+
+
+@triton.jit
+def _write_index_list(lv, j, valid, l_row, c_row, runs_ptr, jfull, lut_width, NK_PAD: tl.constexpr,
+                      RUN: tl.constexpr):
+    """One row of the index list from its levels ``lv`` (j order): per level 1, 2, 4, 8 an exclusive prefix sum
+    places the kept valid blocks (ascending j) after the previous levels, then zero padding to ``lut_width``.
+    With ``RUN > 0`` the level-1 group starts with the row's runs: aligned groups of RUN consecutive level-1
+    blocks, all complete and visible to the whole query block (j < jfull, as the attention kernel computes it);
+    the kernel loads each run as one slab (TMA). The other level-1 blocks follow in ascending j, so the masked
+    ones stay last."""
+    base = 0
+    if RUN > 0:
+        one = (valid & (lv == 1)).to(tl.int32)
+        whole = tl.min(tl.reshape(one, [NK_PAD // RUN, RUN]), axis=1)
+        g = tl.arange(0, NK_PAD // RUN)
+        whole = tl.where((g + 1) * RUN <= jfull, whole, 0)
+        in_run = tl.reshape(tl.broadcast_to(whole[:, None], [NK_PAD // RUN, RUN]), [NK_PAD])
+        rest = one - in_run
+        pos = tl.cumsum(in_run, axis=0) - in_run
+        tl.store(l_row + pos, j, mask=in_run > 0)
+        n_run = tl.sum(in_run, axis=0)
+        pos = n_run + tl.cumsum(rest, axis=0) - rest
+        tl.store(l_row + pos, j, mask=rest > 0)
+        tl.store(c_row, n_run + tl.sum(rest, axis=0))
+        tl.store(runs_ptr, n_run // RUN)
+        base = n_run + tl.sum(rest, axis=0)
+    for t in tl.static_range(1 if RUN > 0 else 0, 4):
+        f = (valid & (lv == (1 << t))).to(tl.int32)
+        pos = base + tl.cumsum(f, axis=0) - f  # exclusive prefix sum
+        tl.store(l_row + pos, j, mask=f > 0)
+        cnt = tl.sum(f, axis=0)
+        tl.store(c_row + t, cnt)
+        base += cnt
+    tl.store(l_row + j, tl.zeros([NK_PAD], dtype=tl.int32), mask=(j >= base) & (j < lut_width))
+    for z0 in range(NK_PAD, lut_width, NK_PAD):        # padding beyond this bucket's width
+        tl.store(l_row + z0 + j, tl.zeros([NK_PAD], dtype=tl.int32), mask=z0 + j < lut_width)
+
+
 @triton.jit(do_not_specialize=["Lq", "Lk", "nq", "nk", "tail_start", "I0", "NI", "stride_sb", "stride_sh", "stride_si",
-                               "stride_mb", "stride_mh", "stride_mi", "stride_cb", "stride_ch", "u1", "u2", "u4", "u8"])
-def _select_levels_kernel(Scores, Map, Cap, Counters,
+                               "stride_mb", "stride_mh", "stride_mi", "stride_cb", "stride_ch", "u1", "u2", "u4", "u8",
+                               "stride_lb", "stride_lh", "stride_li", "stride_nb", "stride_nh", "stride_ni",
+                               "stride_rb", "stride_rh", "lut_width"])
+def _select_levels_kernel(Scores, Map, Cap, Counters, Lut, Counts, Runs,
                           stride_sb, stride_sh, stride_si,
                           stride_mb, stride_mh, stride_mi,
                           stride_cb, stride_ch,
+                          stride_lb, stride_lh, stride_li,
+                          stride_nb, stride_nh, stride_ni,
+                          stride_rb, stride_rh, lut_width,
                           Hm, G, Lq, Lk, nq, nk, tail_start, I0, NI,
                           e1, e2, e4, e8, u1, u2, u4, u8,
                           QUERY_BLOCK: tl.constexpr, KEY_BLOCK: tl.constexpr, NK_PAD: tl.constexpr,
                           CAUSAL: tl.constexpr, TOPK: tl.constexpr, TAIL: tl.constexpr,
-                          FORCE_SINK: tl.constexpr, HAS_CAP: tl.constexpr, HAS_COUNTERS: tl.constexpr):
+                          FORCE_SINK: tl.constexpr, HAS_CAP: tl.constexpr, HAS_COUNTERS: tl.constexpr,
+                          WRITE_LUT: tl.constexpr, RUN: tl.constexpr):
     # rows are launched in buckets [I0, I0 + NI) of equal padded width NK_PAD (see _row_buckets)
     pid = tl.program_id(0)
     i = I0 + pid % NI
@@ -63,75 +121,90 @@ def _select_levels_kernel(Scores, Map, Cap, Counters,
     sc = tl.load(s_row + j, mask=valid, other=0.0).to(tl.float32)
     sc = tl.where(sc == 0.0, 0.0, sc)  # -0.0 ties with +0.0
 
-    # ---- sort: descending score, ties to the smaller j; invalid lanes last
+    # ---- sort the scores alone (descending; invalid lanes last), as an order-preserving int32 image
     bits = sc.to(tl.int32, bitcast=True)
-    mono = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # order-preserving int32 image of the float
+    mono = bits ^ ((bits >> 31) & 0x7FFFFFFF)
     mono = tl.where(valid, mono, -2147483648)
-    key = (mono.to(tl.int64) << 32) | (NK_PAD - 1 - j).to(tl.int64)
-    key = tl.sort(key, descending=True)
-    jj = (NK_PAD - 1) - key.to(tl.int32)  # truncation keeps the low word (< NK_PAD, never negative)
-    hi = (key >> 32).to(tl.int32)
-    ss = (hi ^ ((hi >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
-    vs = jj <= J  # valid, in sorted order (valid lanes come first)
+    key = tl.sort(mono, descending=True)
     rank = tl.arange(0, NK_PAD)
 
-    # ---- §7 level assignment
+    # ---- §7: how many blocks (in rank order) each level boundary keeps; levels are monotone along the ranks
     if TOPK:
         n64 = n.to(tl.int64)
-        b1 = tl.maximum((u1 * n64 + 500000) // 1000000, 1)
-        b2 = tl.maximum((u2 * n64 + 500000) // 1000000, 1)
-        b4 = tl.maximum((u4 * n64 + 500000) // 1000000, 1)
-        b8 = tl.maximum((u8 * n64 + 500000) // 1000000, 1)
-        r1 = (rank + 1).to(tl.int64)
-        lvl = tl.where(r1 <= b1, 1, tl.where(r1 <= b2, 2, tl.where(r1 <= b4, 4, tl.where(r1 <= b8, 8, 0))))
+        c1 = tl.minimum(tl.maximum((u1 * n64 + 500000) // 1000000, 1), n64).to(tl.int32)
+        c2 = tl.minimum(tl.maximum((u2 * n64 + 500000) // 1000000, 1), n64).to(tl.int32)
+        c4 = tl.minimum(tl.maximum((u4 * n64 + 500000) // 1000000, 1), n64).to(tl.int32)
+        c8 = tl.minimum(tl.maximum((u8 * n64 + 500000) // 1000000, 1), n64).to(tl.int32)
         n_degenerate = 0
     else:
-        x = tl.where(vs, ss, 0.0)
+        ss = (key ^ ((key >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
+        vr = rank < n
+        x = tl.where(vr, ss, 0.0)
         total = tl.sum(x, axis=0)
-        csum = tl.cumsum(x, axis=0)
-        E = tl.minimum(csum / total, 1.0)
+        E = tl.minimum(tl.cumsum(x, axis=0) / total, 1.0)
         E = tl.where(rank == n - 1, 1.0, E)
-        lvl = tl.where(E <= e1, 1, tl.where(E <= e2, 2, tl.where(E <= e4, 4, tl.where(E <= e8, 8, 0))))
+        c1 = tl.sum((vr & (E <= e1)).to(tl.int32), axis=0)
+        c2 = tl.sum((vr & (E <= e2)).to(tl.int32), axis=0)
+        c4 = tl.sum((vr & (E <= e4)).to(tl.int32), axis=0)
+        c8 = tl.sum((vr & (E <= e8)).to(tl.int32), axis=0)
         good = (total > 0.0) & (total < float("inf"))  # NaN fails both
-        lvl = tl.where(good, lvl, 1)
         n_degenerate = tl.where(good, 0, 1)
-    lvl = tl.where(vs, lvl, 0)  # F2: upper (and padding) lanes -> 0
+    # ... mapped back to j order: the first c blocks of (score descending, ties to the smaller j)
+    lvl = tl.where(_top_set(mono, key, rank, c1), 1,
+                   tl.where(_top_set(mono, key, rank, c2), 2,
+                            tl.where(_top_set(mono, key, rank, c4), 4,
+                                     tl.where(_top_set(mono, key, rank, c8), 8, 0))))
+    if not TOPK:
+        lvl = tl.where(good, lvl, 1)  # degenerate rows: every valid block at level 1
+    lvl = tl.where(valid, lvl, 0)  # F2: upper (and padding) lanes -> 0
 
     # ---- §8 forced rules
     n_tail = 0
     if TAIL:
-        last_key = tl.minimum((jj + 1) * KEY_BLOCK, Lk) - 1
-        f1 = vs & ((z_i >= tail_start) | (last_key >= tail_start)) & (lvl != 1)
+        last_key = tl.minimum((j + 1) * KEY_BLOCK, Lk) - 1
+        f1 = valid & ((z_i >= tail_start) | (last_key >= tail_start)) & (lvl != 1)
         n_tail = tl.sum(f1.to(tl.int32), axis=0)
         lvl = tl.where(f1, 1, lvl)
     n_diag = 0
     if CAUSAL:
-        f3 = vs & (jj >= (i * QUERY_BLOCK + off) // KEY_BLOCK) & (lvl != 1)
+        f3 = valid & (j >= (i * QUERY_BLOCK + off) // KEY_BLOCK) & (lvl != 1)
         n_diag = tl.sum(f3.to(tl.int32), axis=0)
         lvl = tl.where(f3, 1, lvl)
     n_sink = 0
     if FORCE_SINK:
-        f4 = (jj == 0) & (lvl != 1)
+        f4 = (j == 0) & (lvl != 1)
         n_sink = tl.sum(f4.to(tl.int32), axis=0)
         lvl = tl.where(f4, 1, lvl)
     n_cap = 0
     if HAS_CAP:
         kvh = h // G
         c_row = Cap + b.to(tl.int64) * stride_cb + kvh.to(tl.int64) * stride_ch
-        cap = tl.load(c_row + jj, mask=vs, other=8).to(tl.int32)
-        f5 = vs & (lvl > 1) & (cap < lvl)
+        cap = tl.load(c_row + j, mask=valid, other=8).to(tl.int32)
+        f5 = valid & (lvl > 1) & (cap < lvl)
         n_cap = tl.sum(f5.to(tl.int32), axis=0)
         lvl = tl.where(f5, cap, lvl)
-    kept = tl.sum((vs & (lvl > 0)).to(tl.int32), axis=0)
-    f6 = (rank == 0) & (kept == 0)  # F6: top-ranked valid block
+    kept = tl.sum((valid & (lvl > 0)).to(tl.int32), axis=0)
+    # F6: the top-ranked valid block (highest score, smallest j among ties)
+    top = tl.min(tl.where(valid & (mono == tl.max(mono, axis=0)), j, NK_PAD), axis=0)
+    f6 = (j == top) & (kept == 0)
     n_guard = tl.sum(f6.to(tl.int32), axis=0)
     lvl = tl.where(f6, 1, lvl)
 
     m_row = Map + b.to(tl.int64) * stride_mb + h.to(tl.int64) * stride_mh + i.to(tl.int64) * stride_mi
-    tl.store(m_row + jj, lvl.to(tl.int8), mask=jj < nk)
+    tl.store(m_row + j, lvl.to(tl.int8), mask=j < nk)
     # upper blocks beyond this bucket's width are never left unwritten
     for z0 in range(NK_PAD, nk, NK_PAD):
         tl.store(m_row + z0 + j, tl.zeros([NK_PAD], dtype=tl.int8), mask=z0 + j < nk)
+    if WRITE_LUT:  # the index list of the same row, from the levels still in registers
+        if CAUSAL:
+            jfull = (i * QUERY_BLOCK + off + 1) // KEY_BLOCK
+        else:
+            jfull = Lk // KEY_BLOCK
+        _write_index_list(lvl, j, valid & (j < nk),
+                          Lut + b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + i.to(tl.int64) * stride_li,
+                          Counts + b.to(tl.int64) * stride_nb + h.to(tl.int64) * stride_nh + i.to(tl.int64) * stride_ni,
+                          Runs + b.to(tl.int64) * stride_rb + h.to(tl.int64) * stride_rh + i, jfull, lut_width,
+                          NK_PAD, RUN)
 
     if HAS_COUNTERS:
         if n_tail > 0:
@@ -167,47 +240,18 @@ def _build_lut_kernel(Map, Lut, Counts, Runs,
     b = bh // Hm
     if CAUSAL:
         J = (tl.minimum((i + 1) * QUERY_BLOCK, Lq) - 1 + Lk - Lq) // KEY_BLOCK
+        jfull = (i * QUERY_BLOCK + Lk - Lq + 1) // KEY_BLOCK
     else:
         J = nk - 1
+        jfull = Lk // KEY_BLOCK
     j = tl.arange(0, NK_PAD)
     valid = (j <= J) & (j < nk)
     m_row = Map + b.to(tl.int64) * stride_mb + h.to(tl.int64) * stride_mh + i.to(tl.int64) * stride_mi
     lv = tl.load(m_row + j, mask=valid, other=0).to(tl.int32)
-    l_row = Lut + b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + i.to(tl.int64) * stride_li
-    c_row = Counts + b.to(tl.int64) * stride_cb + h.to(tl.int64) * stride_ch + i.to(tl.int64) * stride_ci
-    base = 0
-    if RUN > 0:
-        # level-1 runs: aligned groups of RUN consecutive level-1 blocks, all complete and visible to the whole
-        # query block (j < jfull, as the attention kernel computes it), go first; the kernel loads each run as
-        # one slab (TMA). The other level-1 blocks follow in ascending j, so the masked ones stay last.
-        if CAUSAL:
-            jfull = (i * QUERY_BLOCK + Lk - Lq + 1) // KEY_BLOCK
-        else:
-            jfull = Lk // KEY_BLOCK
-        one = (valid & (lv == 1)).to(tl.int32)
-        whole = tl.min(tl.reshape(one, [NK_PAD // RUN, RUN]), axis=1)
-        g = tl.arange(0, NK_PAD // RUN)
-        whole = tl.where((g + 1) * RUN <= jfull, whole, 0)
-        in_run = tl.reshape(tl.broadcast_to(whole[:, None], [NK_PAD // RUN, RUN]), [NK_PAD])
-        rest = one - in_run
-        pos = tl.cumsum(in_run, axis=0) - in_run
-        tl.store(l_row + pos, j, mask=in_run > 0)
-        n_run = tl.sum(in_run, axis=0)
-        pos = n_run + tl.cumsum(rest, axis=0) - rest
-        tl.store(l_row + pos, j, mask=rest > 0)
-        tl.store(c_row, n_run + tl.sum(rest, axis=0))
-        tl.store(Runs + b.to(tl.int64) * stride_rb + h.to(tl.int64) * stride_rh + i, n_run // RUN)
-        base = n_run + tl.sum(rest, axis=0)
-    for t in tl.static_range(1 if RUN > 0 else 0, 4):
-        f = (valid & (lv == (1 << t))).to(tl.int32)
-        pos = base + tl.cumsum(f, axis=0) - f  # exclusive prefix sum
-        tl.store(l_row + pos, j, mask=f > 0)
-        cnt = tl.sum(f, axis=0)
-        tl.store(c_row + t, cnt)
-        base += cnt
-    tl.store(l_row + j, tl.zeros([NK_PAD], dtype=tl.int32), mask=(j >= base) & (j < nk))
-    for z0 in range(NK_PAD, nk, NK_PAD):        # padding beyond this bucket's width
-        tl.store(l_row + z0 + j, tl.zeros([NK_PAD], dtype=tl.int32), mask=z0 + j < nk)
+    _write_index_list(lv, j, valid,
+                      Lut + b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + i.to(tl.int64) * stride_li,
+                      Counts + b.to(tl.int64) * stride_cb + h.to(tl.int64) * stride_ch + i.to(tl.int64) * stride_ci,
+                      Runs + b.to(tl.int64) * stride_rb + h.to(tl.int64) * stride_rh + i, jfull, nk, NK_PAD, RUN)
 
 
 def _nk_pad(nk: int) -> int:
@@ -273,7 +317,7 @@ def _num_warps(nk_pad: int) -> int:
 def psa_select_levels(scores, out_map, *, Lq: int, Lk: int, query_block: int, key_block: int, causal: bool,
                       mode: str, ends, dense_tail_tokens: int = 0, prompt_end: int | None = None,
                       force_sink: bool = True, sim_cap=None, gqa_group: int = 1, counters=None,
-                      max_buckets: int | None = None) -> None:
+                      max_buckets: int | None = None, lut=None, counts=None, runs=None, run_blocks: int = 1) -> None:
     """Block levels (docs/ALGORITHM.md §7 then §8 F1-F6) from block scores, into the caller's ``out_map``.
 
     Args:
@@ -295,8 +339,15 @@ def psa_select_levels(scores, out_map, *, Lq: int, Lk: int, query_block: int, ke
         counters: optional int32 buffer with at least 6 elements, accumulated with atomics (not zeroed here):
             ``COUNTER_NAMES`` = pairs changed by F1, F3, F4, cap demotions, degenerate rows, F6 firings.
         max_buckets: at most this many launches of equal padded row width (None: ``MAX_BUCKETS``).
+        lut, counts, runs, run_blocks: optional: also write the index list of the selected map, exactly what
+            :func:`psa_build_lut` would build from ``out_map`` (fused: no second pass over the map). ``lut`` int32
+            ``[B, H_m, nq, W]`` with ``W >= nk`` (each row is zero-padded to W), ``counts`` int32 ``[B, H_m, nq, 4]``,
+            ``runs`` as in :func:`psa_build_lut`.
 
-    Sorting is deterministic (descending fp32 score, ties to the smaller j); energy and cumsum are fp32.
+    Ordering is deterministic (descending fp32 score, ties to the smaller j); energy and cumsum are fp32. Only the
+    scores are sorted (an int32 image): the level boundaries are thresholds in that order, and each block's
+    level follows from its score and its rank among the blocks tied with it, so the map is the one a sort of
+    (score, j) pairs gives.
     """
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
@@ -342,17 +393,51 @@ def psa_select_levels(scores, out_map, *, Lq: int, Lk: int, query_block: int, ke
     L_end = Lk if prompt_end is None else int(prompt_end)
     T = int(dense_tail_tokens)
     micro = [int(round(e * 1e6)) for e in ends[:4]]
+    if lut is not None or counts is not None or runs is not None:
+        if lut is None or counts is None:
+            raise ValueError("lut and counts go together: pass both (and optionally runs) or none")
+        index = _index_list_args(lut, counts, runs, run_blocks, B, Hm, nq, nk, min_width=True)
+    else:
+        index = None
+    lst, cst, rst, width, run = index[1:] if index else ((0, 0, 0), (0, 0, 0), (0, 0), 0, 0)
     for i0, i1, NK_PAD in _row_buckets(Lq, Lk, query_block, key_block, causal, nq, nk, max_buckets):
         _select_levels_kernel[(B * Hm * (i1 - i0),)](
             scores, out_map, sim_cap if sim_cap is not None else scores,
             counters if counters is not None else scores,
+            lut if index else scores, counts if index else scores, index[0] if index else scores,
             st_s[0], st_s[1], st_s[2], st_m[0], st_m[1], st_m[2], st_c[0], st_c[1],
+            lst[0], lst[1], lst[2], cst[0], cst[1], cst[2], rst[0], rst[1], width,
             Hm, max(1, int(gqa_group)), Lq, Lk, nq, nk, L_end - T, i0, i1 - i0,
             ends[0], ends[1], ends[2], ends[3], micro[0], micro[1], micro[2], micro[3],
             QUERY_BLOCK=query_block, KEY_BLOCK=key_block, NK_PAD=NK_PAD, CAUSAL=bool(causal),
             TOPK=(mode == "topk"), TAIL=T > 0, FORCE_SINK=bool(force_sink), HAS_CAP=sim_cap is not None,
-            HAS_COUNTERS=counters is not None, num_warps=_num_warps(NK_PAD),
+            HAS_COUNTERS=counters is not None, WRITE_LUT=index is not None, RUN=run,
+            num_warps=_num_warps(NK_PAD),
         )
+
+
+def _index_list_args(lut, counts, runs, run_blocks, B, Hm, nq, nk, min_width=False):
+    """Validate the index-list outputs; returns (runs or a dummy, lut strides, counts strides, runs strides,
+    lut row width, run blocks (0: no runs))."""
+    ls = shape(lut)
+    if len(ls) != 4 or dtype_name(lut) != "int32" or ls[:3] != (B, Hm, nq) or \
+            (ls[3] < nk if min_width else ls[3] != nk):
+        want = f"[{B}, {Hm}, {nq}, >= {nk}]" if min_width else str((B, Hm, nq, nk))
+        raise ValueError(f"lut must be int32 {want}, got {dtype_name(lut)} {ls}")
+    if shape(counts) != (B, Hm, nq, 4) or dtype_name(counts) != "int32":
+        raise ValueError(f"counts must be int32 {(B, Hm, nq, 4)}, got {dtype_name(counts)} {shape(counts)}")
+    sl, sc = strides(lut), strides(counts)
+    if sl[3] != 1 or sc[3] != 1:
+        raise ValueError("lut and counts need unit stride on the last axis")
+    run_blocks = int(run_blocks)
+    if run_blocks < 1 or run_blocks & (run_blocks - 1) or run_blocks > 16:
+        raise ValueError(f"run_blocks must be a power of two in [1, 16], got {run_blocks}")
+    if runs is None:
+        return lut, sl[:3], sc[:3], (0, 0), ls[3], 0
+    if shape(runs) != (B, Hm, nq) or dtype_name(runs) != "int32" or strides(runs)[2] != 1:
+        raise ValueError(f"runs must be int32 {(B, Hm, nq)} with unit stride on the last axis, got "
+                         f"{dtype_name(runs)} {shape(runs)}")
+    return runs, sl[:3], sc[:3], strides(runs)[:2], ls[3], run_blocks
 
 
 def psa_build_lut(level_map, lut, counts, *, Lq: int, Lk: int, query_block: int, key_block: int,
@@ -377,25 +462,12 @@ def psa_build_lut(level_map, lut, counts, *, Lq: int, Lk: int, query_block: int,
     if nq != -(-Lq // query_block) or nk != -(-Lk // key_block):
         raise ValueError(f"level_map {ms} does not match Lq={Lq}, Lk={Lk}, query_block={query_block}, "
                          f"key_block={key_block}")
-    if shape(lut) != ms or dtype_name(lut) != "int32":
-        raise ValueError(f"lut must be int32 {ms}, got {dtype_name(lut)} {shape(lut)}")
-    if shape(counts) != (B, Hm, nq, 4) or dtype_name(counts) != "int32":
-        raise ValueError(f"counts must be int32 {(B, Hm, nq, 4)}, got {dtype_name(counts)} {shape(counts)}")
-    sm, sl, sc = strides(level_map), strides(lut), strides(counts)
-    if sm[3] != 1 or sl[3] != 1 or sc[3] != 1:
-        raise ValueError("level_map, lut and counts need unit stride on the last axis")
+    sm = strides(level_map)
+    if sm[3] != 1:
+        raise ValueError("level_map needs unit stride on the last axis")
     if causal and Lq > Lk:
         raise ValueError(f"causal masks need Lq <= Lk, got Lq={Lq}, Lk={Lk}")
-    run_blocks = int(run_blocks)
-    if run_blocks < 1 or run_blocks & (run_blocks - 1) or run_blocks > 16:
-        raise ValueError(f"run_blocks must be a power of two in [1, 16], got {run_blocks}")
-    if runs is not None:
-        if shape(runs) != (B, Hm, nq) or dtype_name(runs) != "int32" or strides(runs)[2] != 1:
-            raise ValueError(f"runs must be int32 {(B, Hm, nq)} with unit stride on the last axis, got "
-                             f"{dtype_name(runs)} {shape(runs)}")
-        sr = strides(runs)[:2]
-    else:
-        runs, sr, run_blocks = lut, (0, 0), 0  # no runs
+    runs, sl, sc, sr, _, run_blocks = _index_list_args(lut, counts, runs, run_blocks, B, Hm, nq, nk)
     for i0, i1, NK_PAD in _row_buckets(Lq, Lk, query_block, key_block, causal, nq, nk, max_buckets):
         _build_lut_kernel[(B * Hm * (i1 - i0),)](
             level_map, lut, counts, runs, sm[0], sm[1], sm[2], sl[0], sl[1], sl[2], sc[0], sc[1], sc[2],
