@@ -26,7 +26,7 @@ _LAUNCHERS = {
     "psa_similarity_cap": "similarity",
     "psa_forward_kernels": "pipeline",
 }
-_MODULES = ("pool", "attn_fwd", "estimate", "select", "similarity", "pipeline", "_tensorlike")
+_MODULES = ("pool", "attn_fwd", "estimate", "select", "similarity", "pipeline", "geometry", "_tensorlike")
 
 __all__ = sorted(_LAUNCHERS)
 

@@ -7,7 +7,7 @@ element strides and dtype names through the helpers below. Stdlib only.
 
 from __future__ import annotations
 
-__all__ = ["strides", "dtype_name", "shape", "narrow", "DTYPE_NAMES"]
+__all__ = ["strides", "dtype_name", "shape", "narrow", "SliceView", "DTYPE_NAMES"]
 
 #: canonical dtype names the kernels accept somewhere (attention: the first three)
 DTYPE_NAMES = ("float16", "bfloat16", "float32", "int8", "int32", "int64", "float64")
@@ -64,18 +64,21 @@ class SliceView:
     ``storage_offset``, ``size`` and ``stride``, all delegated to the base with the offset added.
     """
 
-    def __init__(self, t, axis: int, start: int, stop: int):
-        base_shape, base_strides = shape(t), strides(t)
+    def __init__(self, t, axis: int, start: int, stop: int, *, base_shape=None, base_strides=None, base_dtype=None):
+        # base_*: t's metadata when the caller already holds it (kernels/geometry.py), so t is not read again
+        base_shape = shape(t) if base_shape is None else tuple(base_shape)
+        base_strides = strides(t) if base_strides is None else tuple(base_strides)
         if not 0 <= start <= stop <= base_shape[axis]:
             raise ValueError(f"slice [{start}, {stop}) out of range for axis {axis} of shape {base_shape}")
         self._base = t
         self._offset = start * base_strides[axis]
+        self._byte_offset = self._offset * _ITEMSIZE[dtype_name(t) if base_dtype is None else base_dtype]
         self.shape = base_shape[:axis] + (stop - start,) + base_shape[axis + 1:]
         self.strides = base_strides
         self.dtype = t.dtype
 
     def data_ptr(self) -> int:
-        return self._base.data_ptr() + self._offset * _ITEMSIZE[dtype_name(self._base)]
+        return self._base.data_ptr() + self._byte_offset
 
     # --- the interpreter's staging protocol
     def untyped_storage(self):

@@ -41,21 +41,22 @@ class _DescDtype(str):
 class _DescBase:
     """What a TensorDescriptor reads from its base: the pointer and the dtype (name)."""
 
-    def __init__(self, t):
+    def __init__(self, t, dt: str):
         self._ptr = t.data_ptr()
-        self.dtype = _DescDtype(dtype_name(t))
+        self.dtype = _DescDtype(dt)
 
     def data_ptr(self) -> int:
         return self._ptr
 
 
-def descriptor(t, shape, strides, block_shape, *, kernel: str):
+def descriptor(t, shape, strides, block_shape, *, kernel: str, dtype: str | None = None):
     """TMA descriptor of the view (``shape``, element ``strides``, last stride 1) of ``t`` with box
     ``block_shape``, or None (counted, logged once per kernel) when the address or a stride is not 16-byte
-    aligned."""
+    aligned. ``dtype``: t's dtype name when the caller already knows it."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    esize = 4 if dtype_name(t) == "float32" else 2
+    dtype = dtype_name(t) if dtype is None else dtype
+    esize = 4 if dtype == "float32" else 2
     if t.data_ptr() % 16 or any((st * esize) % 16 for st in strides[:-1]):
         key = (kernel, "unaligned")
         if not any(k[0] == kernel for k in TMA_FALLBACKS):
@@ -63,5 +64,5 @@ def descriptor(t, shape, strides, block_shape, *, kernel: str):
                          "(counted in paddlemix_psa.kernels._tma.TMA_FALLBACKS)", kernel)
         TMA_FALLBACKS[key] += 1
         return None
-    base = t if hasattr(t.dtype, "itemsize") else _DescBase(t)  # the interpreter needs the tensor itself
+    base = t if hasattr(t.dtype, "itemsize") else _DescBase(t, dtype)  # the interpreter needs the tensor itself
     return TensorDescriptor(base, list(shape), list(strides), list(block_shape))

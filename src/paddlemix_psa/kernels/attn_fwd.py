@@ -36,11 +36,11 @@ import triton.language as tl
 
 from ._tensorlike import dtype_name, shape, strides
 from ._tma import descriptor, tma_available
+from .geometry import call_geometry
 
 __all__ = ["psa_attn_fwd", "LEVELS", "default_config"]
 
 LEVELS = (1, 2, 4, 8)
-_HEAD_DIMS = (64, 80, 96, 128)
 _LOG2E = 1.4426950408889634
 
 
@@ -364,52 +364,28 @@ def run_blocks_for(block_n: int, key_block: int) -> int:
     return max(1, block_n // key_block)
 
 
-def _bhsd(t, layout):
-    s, st = shape(t), strides(t)
-    if len(s) != 4:
-        raise ValueError(f"expected a 4-D tensor, got shape {s}")
-    if layout == "BHSD":
-        return s, st
-    return (s[0], s[2], s[1], s[3]), (st[0], st[2], st[1], st[3])
-
-
 def _attn_launch_args(q, k, v, k_pooled, v_pooled, lut, counts, out, *, query_block, key_block, causal, scale,
-                      layout, gqa_mask, lse, levels, runs, config):
-    """Validate and build ``(grid, args, meta)`` for ``_psa_attn_fwd_kernel`` (None when there is no work)."""
-    if layout not in ("BHSD", "BSHD"):
-        raise ValueError(f"layout must be 'BHSD' or 'BSHD', got {layout!r}")
-    if gqa_mask not in ("per_head", "per_kv_group"):
-        raise ValueError(f"gqa_mask must be 'per_head' or 'per_kv_group', got {gqa_mask!r}")
-    if query_block not in (32, 64, 128):
-        raise ValueError(f"query_block must be one of (32, 64, 128), got {query_block}")
-    if key_block not in (16, 32, 64, 128):
-        raise ValueError(f"key_block must be one of (16, 32, 64, 128), got {key_block}")
-    (B, Hq, Lq, D), qst = _bhsd(q, layout)
-    (Bk, Hkv, Lk, Dk), kst = _bhsd(k, layout)
-    vs, vst = _bhsd(v, layout)
-    os_, ost = _bhsd(out, layout)
-    if (Bk, Dk) != (B, D) or vs != (Bk, Hkv, Lk, Dk):
-        raise ValueError(f"inconsistent q/k/v shapes: {shape(q)}, {shape(k)}, {shape(v)} ({layout})")
-    if os_ != (B, Hq, Lq, D):
-        raise ValueError(f"out must have q's shape {shape(q)}, got {shape(out)}")
-    if D not in _HEAD_DIMS:
-        raise ValueError(f"head dim must be one of {_HEAD_DIMS}, got {D}")
-    if Hkv == 0 or Hq % Hkv:
-        raise ValueError(f"H_q={Hq} must be a multiple of H_kv={Hkv}")
-    dt = dtype_name(q)
-    if dt not in ("float16", "bfloat16", "float32"):
-        raise ValueError(f"dtype must be float16, bfloat16 or float32, got {dt}")
-    for name, t in (("k", k), ("v", v), ("out", out)):
-        if dtype_name(t) != dt:
-            raise ValueError(f"{name} has dtype {dtype_name(t)}, expected {dt} (q's dtype)")
-    for name, st in (("q", qst), ("k", kst), ("v", vst), ("out", ost)):
-        if st[3] != 1:
-            raise ValueError(f"{name} needs unit stride along D, got strides {st}")
-    if causal and Lq > Lk:
-        raise ValueError(f"causal attention needs Lq <= Lk, got Lq={Lq}, Lk={Lk}")
-    G = Hq // Hkv
-    Hm = Hq if gqa_mask == "per_head" else Hkv
-    nq, nk = -(-Lq // query_block), -(-Lk // key_block)
+                      layout, gqa_mask, lse, levels, runs, config, geometry=None):
+    """Validate and build ``(grid, args, meta)`` for ``_psa_attn_fwd_kernel`` (None when there is no work).
+    ``geometry``: the call's :class:`CallGeometry` (q, k, v are then not read again), else built here."""
+    if geometry is None:
+        g = call_geometry(q, k, v, layout=layout, query_block=query_block, key_block=key_block, causal=causal,
+                          gqa_mask=gqa_mask)
+    else:
+        g = geometry
+        g.check(needs_v=True, layout=layout, query_block=query_block, key_block=key_block, causal=bool(causal),
+                gqa_mask=gqa_mask)
+    B, Hq, Hkv, Lq, Lk, D, dt = g.B, g.Hq, g.Hkv, g.Lq, g.Lk, g.D, g.dtype
+    qst, kst, vst = g.q_strides, g.k_strides, g.v_strides
+    os_, ost = shape(out), strides(out)
+    if os_ != g.q_shape:
+        raise ValueError(f"out must have q's shape {g.q_shape}, got {os_}")
+    if dtype_name(out) != dt:
+        raise ValueError(f"out has dtype {dtype_name(out)}, expected {dt} (q's dtype)")
+    ost = ost if layout == "BHSD" else (ost[0], ost[2], ost[1], ost[3])
+    if ost[3] != 1:
+        raise ValueError(f"out needs unit stride along D, got strides {ost}")
+    G, Hm, nq, nk = g.G, g.Hm, g.nq, g.nk
     if shape(lut) != (B, Hm, nq, nk) or dtype_name(lut) != "int32":
         raise ValueError(f"lut must be int32 {(B, Hm, nq, nk)}, got {dtype_name(lut)} {shape(lut)}"
                          " (mask granularity must match query_block/key_block)")
@@ -442,7 +418,7 @@ def _attn_launch_args(q, k, v, k_pooled, v_pooled, lut, counts, out, *, query_bl
     if unknown:
         raise ValueError(f"unknown launch option(s) {sorted(unknown)}; allowed: {sorted(cfg)}")
     cfg.update({key: val for key, val in (config or {}).items() if val is not None})
-    block_n, d_pad = cfg["block_n"], triton.next_power_of_2(D)
+    block_n, d_pad = cfg["block_n"], g.d_pad
     run_blocks = run_blocks_for(block_n, key_block)
     if runs is not None:
         if shape(runs) != (B, Hm, nq) or dtype_name(runs) != "int32" or strides(runs)[2] != 1:
@@ -466,9 +442,9 @@ def _attn_launch_args(q, k, v, k_pooled, v_pooled, lut, counts, out, *, query_bl
     k_desc = v_desc = None
     if run_blocks and cfg["use_tma"] is not False and tma_available():
         # 4-D [B, H, L, D] views in any layout (TMA takes one stride per dimension), slabs of block_n rows
-        k_desc = descriptor(k, (B, Hkv, Lk, D), kst, (1, 1, block_n, d_pad), kernel="psa_attn_fwd")
+        k_desc = descriptor(k, (B, Hkv, Lk, D), kst, (1, 1, block_n, d_pad), kernel="psa_attn_fwd", dtype=dt)
         if k_desc is not None:  # one fallback per launch, not per tensor
-            v_desc = descriptor(v, (B, Hkv, Lk, D), vst, (1, 1, block_n, d_pad), kernel="psa_attn_fwd")
+            v_desc = descriptor(v, (B, Hkv, Lk, D), vst, (1, 1, block_n, d_pad), kernel="psa_attn_fwd", dtype=dt)
     use_tma = k_desc is not None and v_desc is not None
     win = max(2, triton.next_power_of_2(query_block // key_block + 1))
     ptr = {p: (k_pooled.get(p, k), v_pooled.get(p, v)) for p in (2, 4, 8)}
@@ -481,7 +457,7 @@ def _attn_launch_args(q, k, v, k_pooled, v_pooled, lut, counts, out, *, query_bl
         *pst[2], *pst[4], *pst[8],
         ost[0], ost[1], ost[2],
         lst[0], lst[1], lst[2], cst[0], cst[1], cst[2], run_st[0], run_st[1], lse_st[0], lse_st[1],
-        Hq, G, G if gqa_mask == "per_kv_group" else 1, Lq, Lk, Lk - Lq, nq, float(scale) * _LOG2E,
+        Hq, G, G if gqa_mask == "per_kv_group" else 1, Lq, Lk, g.off, nq, float(scale) * _LOG2E,
     )
     meta = dict(
         BLOCK_M=query_block, BLOCK_N=block_n, BLOCK_NP=cfg["block_n_pooled"], BK=key_block,
@@ -496,7 +472,8 @@ def _attn_launch_args(q, k, v, k_pooled, v_pooled, lut, counts, out, *, query_bl
 
 def psa_attn_fwd(q, k, v, k_pooled: dict, v_pooled: dict, lut, counts, out, *, query_block: int, key_block: int,
                  causal: bool = True, scale: float | None = None, layout: str = "BHSD",
-                 gqa_mask: str = "per_head", lse=None, levels=None, runs=None, config: dict | None = None) -> None:
+                 gqa_mask: str = "per_head", lse=None, levels=None, runs=None, config: dict | None = None,
+                 geometry=None) -> None:
     """Pyramid sparse attention forward into ``out`` (docs/ALGORITHM.md §4).
 
     q ``[B, H_q, Lq, D]``, k/v ``[B, H_kv, Lk, D]`` in ``layout`` (``"BHSD"``; ``"BSHD"`` swaps H and L), any
@@ -510,11 +487,12 @@ def psa_attn_fwd(q, k, v, k_pooled: dict, v_pooled: dict, lut, counts, out, *, q
     bottom-right (row r sits at position r + Lk - Lq). ``levels``: optional subset of (1, 2, 4, 8) known to be
     present (compile-time pruning); default: 1 plus the keys of ``k_pooled``. ``config``: launch overrides of
     :func:`default_config` (``block_n``, ``block_n_pooled``, ``num_warps``, ``num_stages``, ``run_stages``,
-    ``use_tma``).
+    ``use_tma``). ``geometry``: the call's :class:`~.geometry.CallGeometry` from the pipeline (q, k, v are then
+    not read again; it must agree with the block sizes, causal flag, layout and gqa_mask given here).
     """
     launch = _attn_launch_args(q, k, v, k_pooled, v_pooled, lut, counts, out, query_block=query_block,
                                key_block=key_block, causal=causal, scale=scale, layout=layout, gqa_mask=gqa_mask,
-                               lse=lse, levels=levels, runs=runs, config=config)
+                               lse=lse, levels=levels, runs=runs, config=config, geometry=geometry)
     if launch is None:
         return
     grid, args, meta = launch

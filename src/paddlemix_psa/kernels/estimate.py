@@ -44,10 +44,10 @@ import triton.language as tl
 
 from ._tensorlike import dtype_name, shape, strides
 from ._tma import descriptor, tma_available
+from .geometry import HEAD_DIMS as _HEAD_DIMS
 
 __all__ = ["psa_estimate_scores", "estimate_scratch_shapes"]
 
-_HEAD_DIMS = (64, 80, 96, 128)
 _LAYOUTS = ("BHSD", "BSHD")
 _LOG2E = 1.4426950408889634
 _MIN_PROGRAMS = 132  # about one wave on an H100 (132 SMs); a heuristic, see benchmarks/bench_estimate.py --sweep
@@ -369,12 +369,12 @@ def _bhld_shape(t, layout: str) -> tuple:
     return s[0], s[2], s[1], s[3]
 
 
-def _grouped_descriptor(t, bhl_shape, bhl_strides, S: int, block_rows: int, block_k: int):
+def _grouped_descriptor(t, bhl_shape, bhl_strides, S: int, block_rows: int, block_k: int, dt: str):
     """TMA descriptor of the ``[B, H, S, L // S, D]`` view of ``t`` (``bhl_strides``: its B, H, L strides) with
     box ``[1, 1, 1, block_rows, block_k]``, or None when it is not 16-byte aligned (``_tma.descriptor``)."""
     (B, H, L, D), (sb, sh, sl) = bhl_shape, bhl_strides
     return descriptor(t, (B, H, S, L // S, D), (sb, sh, sl, S * sl, 1), (1, 1, 1, block_rows, block_k),
-                      kernel="psa_estimate_scores")
+                      kernel="psa_estimate_scores", dtype=dt)
 
 
 def _next_pow2(n: int) -> int:
@@ -439,7 +439,8 @@ def psa_estimate_scores(q, k, out, *, query_block: int, key_block: int, stride: 
                         scale: float | None, layout: str, block_a: int | None = None,
                         block_c: int | None = None, num_warps: int | None = None,
                         num_stages: int | None = None, scratch=None, method: str | None = None,
-                        flatten: bool = False, block_k: int | None = None, use_tma: bool | None = None) -> None:
+                        flatten: bool = False, block_k: int | None = None, use_tma: bool | None = None,
+                        geometry=None) -> None:
     """XAttention block scores (docs/ALGORITHM.md §6.1) into the caller's ``out``.
 
     Args:
@@ -468,6 +469,8 @@ def psa_estimate_scores(q, k, out, *, query_block: int, key_block: int, stride: 
             single-pass method takes its fp32 scratch from it (sizes: :func:`estimate_scratch_shapes`).
         method: ``"two_pass"`` (GEMM twice, no scratch), ``"single_pass"`` (GEMM once + a cheap finalize pass;
             needs ``scratch``) or ``None``: single-pass when ``scratch`` is given, else two-pass.
+        geometry: the :class:`~.geometry.CallGeometry` of exactly these q, k (the pipeline passes its record, or
+            ``record.narrowed(...)`` for a plan chunk); q and k are then not read again.
 
     Lengths are runtime kernel arguments; constexprs are the block sizes, S, D, the causal flag and the tiles.
     """
@@ -481,17 +484,22 @@ def psa_estimate_scores(q, k, out, *, query_block: int, key_block: int, stride: 
         raise ValueError(f"use_tma must be None, True or False, got {use_tma!r}")
     if method == "single_pass" and scratch is None:
         raise ValueError("method='single_pass' needs scratch=alloc(shape, dtype_name)")
-    B, Hq, Lq, D = _bhld_shape(q, layout)
-    Bk, Hkv, Lk, Dk = _bhld_shape(k, layout)
-    if (Bk, Dk) != (B, D):
-        raise ValueError(f"q {shape(q)} and k {shape(k)} disagree on batch or head dim ({layout})")
-    if D not in _HEAD_DIMS:
-        raise ValueError(f"head dim must be one of {_HEAD_DIMS}, got {D}")
-    if Hkv < 1 or Hq % Hkv:
-        raise ValueError(f"H_q={Hq} must be a multiple of H_kv={Hkv}")
-    qdt, kdt = dtype_name(q), dtype_name(k)
-    if qdt != kdt or qdt not in ("float16", "bfloat16", "float32"):
-        raise ValueError(f"q and k must share a dtype in (float16, bfloat16, float32), got {qdt} and {kdt}")
+    if geometry is None:
+        B, Hq, Lq, D = _bhld_shape(q, layout)
+        Bk, Hkv, Lk, Dk = _bhld_shape(k, layout)
+        if (Bk, Dk) != (B, D):
+            raise ValueError(f"q {shape(q)} and k {shape(k)} disagree on batch or head dim ({layout})")
+        if D not in _HEAD_DIMS:
+            raise ValueError(f"head dim must be one of {_HEAD_DIMS}, got {D}")
+        if Hkv < 1 or Hq % Hkv:
+            raise ValueError(f"H_q={Hq} must be a multiple of H_kv={Hkv}")
+        qdt, kdt = dtype_name(q), dtype_name(k)
+        if qdt != kdt or qdt not in ("float16", "bfloat16", "float32"):
+            raise ValueError(f"q and k must share a dtype in (float16, bfloat16, float32), got {qdt} and {kdt}")
+    else:  # validated by call_geometry
+        geometry.check(layout=layout, query_block=query_block, key_block=key_block, causal=bool(causal))
+        B, Hq, Hkv, Lq, Lk, D, qdt = (geometry.B, geometry.Hq, geometry.Hkv, geometry.Lq, geometry.Lk, geometry.D,
+                                      geometry.dtype)
     S = int(stride)
     if S < 2 or S & (S - 1) or S > min(query_block, key_block) or query_block % S or key_block % S:
         raise ValueError(f"stride={S} must be a power of two with 2 <= stride <= min(query_block={query_block}, "
@@ -506,8 +514,10 @@ def psa_estimate_scores(q, k, out, *, query_block: int, key_block: int, stride: 
     so = strides(out)
     if so[3] != 1:
         raise ValueError(f"out must have unit stride on its last axis, got strides {so}")
-    sqb, sqh, sql, sqd = _bhl_strides(q, layout)
-    skb, skh, skl, skd = _bhl_strides(k, layout)
+    if geometry is None:
+        (sqb, sqh, sql, sqd), (skb, skh, skl, skd) = _bhl_strides(q, layout), _bhl_strides(k, layout)
+    else:
+        (sqb, sqh, sql, sqd), (skb, skh, skl, skd) = geometry.q_strides, geometry.k_strides
     if sqd != 1 or skd != 1:
         raise ValueError("q and k need unit stride along D")
 
@@ -562,9 +572,9 @@ def psa_estimate_scores(q, k, out, *, query_block: int, key_block: int, stride: 
     q_desc = k_desc = None
     # a TMA box dimension holds at most 256 elements; a length below S has no whole stride group to view
     if use_tma is not False and tma_available() and max(BLOCK_A, BLOCK_C) <= 256 and min(Lq, Lk) >= S:
-        q_desc = _grouped_descriptor(q, (B, Hq, Lq, D), (sqb, sqh, sql), S, BLOCK_A, BLOCK_K)
+        q_desc = _grouped_descriptor(q, (B, Hq, Lq, D), (sqb, sqh, sql), S, BLOCK_A, BLOCK_K, qdt)
         if q_desc is not None:  # one fallback per launch, not per tensor
-            k_desc = _grouped_descriptor(k, (B, Hkv, Lk, D), (skb, skh, skl), S, BLOCK_C, BLOCK_K)
+            k_desc = _grouped_descriptor(k, (B, Hkv, Lk, D), (skb, skh, skl), S, BLOCK_C, BLOCK_K, qdt)
     tma = q_desc is not None and k_desc is not None
     _xattn_partial_kernel[grid](
         q, k, part, tmax, tsum, q_desc if tma else None, k_desc if tma else None,

@@ -10,9 +10,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._tensorlike import dtype_name, narrow, shape
+from ._tensorlike import narrow, shape
 from .attn_fwd import default_config, psa_attn_fwd, run_blocks_for
 from .estimate import _pick_block_a, psa_estimate_scores
+from .geometry import call_geometry
 from .pool import psa_pool_kv
 from .select import psa_build_lut, psa_select_levels
 from .similarity import psa_similarity_cap
@@ -43,13 +44,12 @@ def levels_possible(mask_ratios, sim_cap: bool) -> tuple:
     return tuple(pooled)
 
 
-def _geometry(q, k, layout):
-    qs, ks = shape(q), shape(k)
-    Hq, Lq = (qs[1], qs[2]) if layout == "BHSD" else (qs[2], qs[1])
-    Hkv, Lk = (ks[1], ks[2]) if layout == "BHSD" else (ks[2], ks[1])
-    if Hkv < 1 or Hq % Hkv:
-        raise ValueError(f"H_q={Hq} must be a multiple of H_kv={Hkv}")
-    return qs[0], Hq, Hkv, Lq, Lk, qs[3]
+def _record(geometry, q, k, v, **kw):
+    # the call's geometry: read from q, k (, v) here once, or the caller's record checked against the arguments
+    if geometry is None:
+        return call_geometry(q, k, v, **kw)
+    geometry.check(needs_v=v is not None, **kw)
+    return geometry
 
 
 def _noop(stage: str) -> None:
@@ -86,29 +86,29 @@ def plan_chunks(B, Hq, Lq, Lk, *, query_block, key_block, stride, causal, budget
 def psa_level_map_kernels(q, k, *, alloc, query_block=128, key_block=32, causal=True, scale=None, layout="BHSD",
                           mask_mode="energybound", mask_ratios=None, xattn_stride=16, dense_tail_tokens=512,
                           prompt_end=None, force_sink=True, sim_cap=True, sim_thresholds=(0.75, 0.70, 0.70),
-                          gqa_mask="per_head", counters=None, on_stage=_noop, scratch_budget=None):
+                          gqa_mask="per_head", counters=None, on_stage=_noop, scratch_budget=None, geometry=None,
+                          index_list=None):
     """Plan on the device: estimate -> (group mean) -> similarity cap -> select. Returns the int8 level map.
 
     Long plans run in chunks of query blocks (:func:`plan_chunks`): a chunk's queries see the keys up to its last
     row (bottom-right causal alignment keeps every position), so its scores and levels are those of the whole
     plan, and the scratch of a 128k call stays bounded. ``on_stage(name)`` is called after "estimate_ms" and
-    "mask_ms" (the caller may synchronise and time); with several chunks, after the last one.
+    "mask_ms" (the caller may synchronise and time); with several chunks, after the last one. ``geometry``: the
+    call's :class:`~.geometry.CallGeometry` when the caller has it (else read from q, k here). ``index_list``:
+    optional ``(lut, counts, runs, run_blocks)`` (shapes as :func:`select.psa_build_lut`'s): the selection also
+    writes the map's index list, in the same program (the fused plan of :func:`psa_forward_kernels`).
     """
     mask_ratios = DEFAULT_MASK_RATIOS if mask_ratios is None else mask_ratios
-    if gqa_mask not in ("per_head", "per_kv_group"):
-        raise ValueError(f"gqa_mask must be 'per_head' or 'per_kv_group', got {gqa_mask!r}")
-    B, Hq, Hkv, Lq, Lk, _ = _geometry(q, k, layout)
-    G = Hq // Hkv
-    Hm = Hq if gqa_mask == "per_head" else Hkv
-    nq, nk = -(-Lq // query_block), -(-Lk // key_block)
-    seq_axis = 2 if layout == "BHSD" else 1
+    g = _record(geometry, q, k, None, layout=layout, query_block=query_block, key_block=key_block,
+                causal=bool(causal), gqa_mask=gqa_mask)
+    B, Hq, Hkv, Lq, Lk, G, Hm, nq, nk = g.B, g.Hq, g.Hkv, g.Lq, g.Lk, g.G, g.Hm, g.nq, g.nk
     cap = None
     level_map = alloc((B, Hm, nq, nk), "int8")
     chunks = plan_chunks(B, Hq, Lq, Lk, query_block=query_block, key_block=key_block, stride=xattn_stride,
                          causal=causal, budget=scratch_budget)
     # every chunk tiles its rows like the whole plan would, so the fp32 sums (and the levels) do not move
     block_a = _pick_block_a(nq * (query_block // xattn_stride), B * Hq, query_block // xattn_stride,
-                            dtype_name(q), whole_blocks=False)
+                            g.dtype, whole_blocks=False)
     if len(chunks) > 1:  # a chunk writes only its causally reachable columns: the rest stay 0
         n = B * Hm * nq * nk
         _zero_int8_kernel[(triton.cdiv(n, 4096),)](level_map, n, BLOCK=4096)
@@ -116,12 +116,13 @@ def psa_level_map_kernels(q, k, *, alloc, query_block=128, key_block=32, causal=
         q0, q1 = i0 * query_block, min(i1 * query_block, Lq)
         Lk_c = min(Lk, q1 + Lk - Lq) if causal else Lk
         nq_c, nk_c = i1 - i0, -(-Lk_c // key_block)
-        q_c, k_c = narrow(q, seq_axis, q0, q1), narrow(k, seq_axis, 0, Lk_c)
+        q_c, k_c = g.seq_view(q, "q", q0, q1), g.seq_view(k, "k", 0, Lk_c)
         scores = alloc((B, Hq, nq_c, nk_c), "float32")
         # single-pass estimator: one strided GEMM + a finalize pass, fp32 scratch from the caller's allocator
         # (about query_block / stride times the size of ``scores``: estimate.estimate_scratch_shapes)
         psa_estimate_scores(q_c, k_c, scores, query_block=query_block, key_block=key_block, stride=xattn_stride,
-                            causal=causal, scale=scale, layout=layout, scratch=alloc, block_a=block_a)
+                            causal=causal, scale=scale, layout=layout, scratch=alloc, block_a=block_a,
+                            geometry=g.narrowed(q0, q1, Lk_c))
         if gqa_mask == "per_kv_group":
             grouped = alloc((B, Hkv, nq_c, nk_c), "float32")
             _group_mean_kernel[(triton.cdiv(nq_c * nk_c, 1024), B * Hkv)](scores, grouped, nq_c * nk_c, G=G,
@@ -131,49 +132,73 @@ def psa_level_map_kernels(q, k, *, alloc, query_block=128, key_block=32, causal=
             on_stage("estimate_ms")
         if sim_cap and cap is None:
             cap = alloc((B, Hkv, nk), "int8")
-            psa_similarity_cap(k, cap, key_block=key_block, thresholds=tuple(sim_thresholds), layout=layout)
+            psa_similarity_cap(k, cap, key_block=key_block, thresholds=tuple(sim_thresholds), layout=layout,
+                               geometry=g)
         out_map = narrow(narrow(level_map, 2, i0, i1), 3, 0, nk_c)
         psa_select_levels(scores, out_map, Lq=q1 - q0, Lk=Lk_c, query_block=query_block, key_block=key_block,
                           causal=causal, mode=mask_mode, ends=mask_ratios, dense_tail_tokens=dense_tail_tokens,
                           prompt_end=Lk if prompt_end is None else prompt_end, force_sink=force_sink,
                           sim_cap=None if cap is None else narrow(cap, 2, 0, nk_c),
-                          gqa_group=G if gqa_mask == "per_head" else 1, counters=counters)
+                          gqa_group=G if gqa_mask == "per_head" else 1, counters=counters,
+                          **_index_rows(index_list, i0, i1))
     on_stage("mask_ms")
     return level_map
 
 
+def _index_rows(index_list, i0, i1) -> dict:
+    # psa_select_levels' index-list outputs for query blocks [i0, i1) (whole rows: zero padding to nk)
+    if index_list is None:
+        return {}
+    lut, counts, runs, run_blocks = index_list
+    return dict(lut=narrow(lut, 2, i0, i1), counts=narrow(counts, 2, i0, i1), runs=narrow(runs, 2, i0, i1),
+                run_blocks=run_blocks)
+
+
+def launch_config(head_dim, query_block, key_block, dtype, attn_config=None) -> dict:
+    """The attention launch config of one call: :func:`attn_fwd.default_config` plus the caller's overrides.
+    Fixed once per call, before the index list is built: the list groups level-1 runs by its tile width."""
+    launch = default_config(head_dim, query_block, key_block, dtype)
+    launch.update({key: val for key, val in (attn_config or {}).items() if val is not None})
+    return launch
+
+
 def psa_attention_from_map(q, k, v, level_map, *, alloc, query_block=128, key_block=32, causal=True, scale=None,
                            layout="BHSD", gqa_mask="per_head", pooled_levels=(2, 4, 8), out=None, lse=None,
-                           attn_config=None, on_stage=_noop):
+                           attn_config=None, on_stage=_noop, geometry=None, index_list=None):
     """Run on the device: index list -> pyramid K/V (``pooled_levels`` only) -> attention.
 
     Returns ``(out, lut, counts)``. ``attn_config``: optional launch overrides of
     :func:`attn_fwd.default_config` (``block_n``, ``num_warps``, ``use_tma``, ...).
 
     ``pooled_levels`` must include every pooled level present in ``level_map`` (a superset costs one pooling pass).
-    ``on_stage`` is called after "pool_ms" (index list + pooling) and "attention_ms".
+    ``on_stage`` is called after "pool_ms" (index list unless given, and pooling) and "attention_ms". ``geometry``: the call's
+    :class:`~.geometry.CallGeometry` (built with v) when the caller has it (else read from q, k, v here).
+    ``index_list``: ``(lut, counts, runs)`` already built from ``level_map`` for this ``attn_config`` (by the fused
+    plan), else built here.
     """
-    B, Hq, Hkv, Lq, Lk, D = _geometry(q, k, layout)
-    dt = dtype_name(q)
-    # the attention launch config is fixed here once: the index list groups level-1 runs by its tile width
-    launch = default_config(D, query_block, key_block, dt)
-    launch.update({key: val for key, val in (attn_config or {}).items() if val is not None})
-    lut = alloc(tuple(shape(level_map)), "int32")
-    counts = alloc(tuple(shape(level_map)[:3]) + (4,), "int32")
-    runs = alloc(tuple(shape(level_map)[:3]), "int32")
-    psa_build_lut(level_map, lut, counts, Lq=Lq, Lk=Lk, query_block=query_block, key_block=key_block,
-                  causal=causal, runs=runs, run_blocks=run_blocks_for(launch["block_n"], key_block))
+    g = _record(geometry, q, k, v, layout=layout, query_block=query_block, key_block=key_block,
+                causal=bool(causal), gqa_mask=gqa_mask)
+    B, Hkv, Lq, Lk, D, dt = g.B, g.Hkv, g.Lq, g.Lk, g.D, g.dtype
+    launch = launch_config(D, query_block, key_block, dt, attn_config)
+    if index_list is None:
+        lut = alloc(tuple(shape(level_map)), "int32")
+        counts = alloc(tuple(shape(level_map)[:3]) + (4,), "int32")
+        runs = alloc(tuple(shape(level_map)[:3]), "int32")
+        psa_build_lut(level_map, lut, counts, Lq=Lq, Lk=Lk, query_block=query_block, key_block=key_block,
+                      causal=causal, runs=runs, run_blocks=run_blocks_for(launch["block_n"], key_block))
+    else:
+        lut, counts, runs = index_list
     pooled = tuple(sorted(pooled_levels))
     kp = {p: alloc((B, Hkv, -(-Lk // p), D), dt) for p in pooled}
     vp = {p: alloc((B, Hkv, -(-Lk // p), D), dt) for p in pooled}
     if pooled:
-        psa_pool_kv(k, v, kp, vp, layout=layout)
+        psa_pool_kv(k, v, kp, vp, layout=layout, geometry=g)
     on_stage("pool_ms")
     if out is None:
-        out = alloc(tuple(shape(q)), dt)
+        out = alloc(g.q_shape, dt)
     psa_attn_fwd(q, k, v, kp, vp, lut, counts, out, query_block=query_block, key_block=key_block, causal=causal,
                  scale=scale, layout=layout, gqa_mask=gqa_mask, lse=lse, levels=(1,) + pooled, runs=runs,
-                 config=launch)
+                 config=launch, geometry=g)
     on_stage("attention_ms")
     return out, lut, counts
 
@@ -189,13 +214,23 @@ def psa_forward_kernels(q, k, v, *, alloc, query_block=128, key_block=32, causal
     No host synchronisation: the pooled levels built are those the configuration can produce.
     """
     mask_ratios = DEFAULT_MASK_RATIOS if mask_ratios is None else mask_ratios
+    # one geometry record for the whole call: q, k, v are read and validated here only
+    g = call_geometry(q, k, v, layout=layout, query_block=query_block, key_block=key_block, causal=causal,
+                      gqa_mask=gqa_mask)
+    # fused plan: the selection writes the index list for this call's attention tile width as well
+    run_blocks = run_blocks_for(launch_config(g.D, query_block, key_block, g.dtype, attn_config)["block_n"],
+                                key_block)
+    lut = alloc((g.B, g.Hm, g.nq, g.nk), "int32")
+    counts = alloc((g.B, g.Hm, g.nq, 4), "int32")
+    runs = alloc((g.B, g.Hm, g.nq), "int32")
     level_map = psa_level_map_kernels(
         q, k, alloc=alloc, query_block=query_block, key_block=key_block, causal=causal, scale=scale, layout=layout,
         mask_mode=mask_mode, mask_ratios=mask_ratios, xattn_stride=xattn_stride, dense_tail_tokens=dense_tail_tokens,
         prompt_end=prompt_end, force_sink=force_sink, sim_cap=sim_cap, sim_thresholds=sim_thresholds,
-        gqa_mask=gqa_mask, counters=counters, on_stage=on_stage)
+        gqa_mask=gqa_mask, counters=counters, on_stage=on_stage, geometry=g,
+        index_list=(lut, counts, runs, run_blocks))
     out, lut, counts = psa_attention_from_map(
         q, k, v, level_map, alloc=alloc, query_block=query_block, key_block=key_block, causal=causal, scale=scale,
         layout=layout, gqa_mask=gqa_mask, pooled_levels=levels_possible(mask_ratios, sim_cap), out=out, lse=lse,
-        attn_config=attn_config, on_stage=on_stage)
+        attn_config=attn_config, on_stage=on_stage, geometry=g, index_list=(lut, counts, runs))
     return out, level_map, lut, counts

@@ -11,11 +11,11 @@ import triton
 import triton.language as tl
 
 from ._tensorlike import dtype_name, shape, strides
+from .geometry import HEAD_DIMS as _HEAD_DIMS
 
 __all__ = ["psa_pool_kv", "POOL_LEVELS"]
 
 POOL_LEVELS = (2, 4, 8)
-_HEAD_DIMS = (64, 80, 96, 128)
 
 
 @triton.jit
@@ -93,23 +93,29 @@ def _bhsd_shape(t, layout):
     return (s[0], s[2], s[1], s[3])
 
 
-def _pool_launch_args(k, v, k_out, v_out, *, layout, block_t, num_warps):
+def _pool_launch_args(k, v, k_out, v_out, *, layout, block_t, num_warps, geometry=None):
     """Validate and build ``(grid, args, meta)`` for ``_psa_pool_kernel`` (None when there is no work)."""
     if layout not in ("BHSD", "BSHD"):
         raise ValueError(f"layout must be 'BHSD' or 'BSHD', got {layout!r}")
     if set(k_out) != set(v_out) or not set(k_out) <= set(POOL_LEVELS):
         raise ValueError(f"k_out/v_out must have the same keys, a subset of {POOL_LEVELS}; got {sorted(k_out)}"
                          f" and {sorted(v_out)}")
-    B, Hkv, Lk, D = _bhsd_shape(k, layout)
-    if _bhsd_shape(v, layout) != (B, Hkv, Lk, D):
-        raise ValueError(f"k and v shapes differ: {shape(k)} vs {shape(v)}")
-    if D not in _HEAD_DIMS:
-        raise ValueError(f"head dim must be one of {_HEAD_DIMS}, got {D}")
-    if dtype_name(k) != dtype_name(v):
-        raise ValueError(f"k and v dtypes differ: {dtype_name(k)} vs {dtype_name(v)}")
+    if geometry is None:
+        B, Hkv, Lk, D = _bhsd_shape(k, layout)
+        if _bhsd_shape(v, layout) != (B, Hkv, Lk, D):
+            raise ValueError(f"k and v shapes differ: {shape(k)} vs {shape(v)}")
+        if D not in _HEAD_DIMS:
+            raise ValueError(f"head dim must be one of {_HEAD_DIMS}, got {D}")
+        dt = dtype_name(k)
+        if dt != dtype_name(v):
+            raise ValueError(f"k and v dtypes differ: {dt} vs {dtype_name(v)}")
+        kst, vst = _bhsd_strides(k, layout), _bhsd_strides(v, layout)
+    else:  # validated by call_geometry
+        geometry.check(needs_v=True, layout=layout)
+        B, Hkv, Lk, D, dt = geometry.B, geometry.Hkv, geometry.Lk, geometry.D, geometry.dtype
+        kst, vst = geometry.k_strides, geometry.v_strides
     if block_t % 8 or block_t & (block_t - 1):
         raise ValueError("block_t must be a power of two >= 8")
-    kst, vst = _bhsd_strides(k, layout), _bhsd_strides(v, layout)
     if kst[3] != 1 or vst[3] != 1:
         raise ValueError("k and v need unit stride along D")
     if not k_out or B * Hkv * Lk == 0:
@@ -121,8 +127,8 @@ def _pool_launch_args(k, v, k_out, v_out, *, layout, block_t, num_warps):
                 want = (B, Hkv, -(-Lk // p), D)
                 if shape(t) != want:
                     raise ValueError(f"{name}[{p}] must have shape {want}, got {shape(t)}")
-                if dtype_name(t) != dtype_name(k):
-                    raise ValueError(f"{name}[{p}] must have dtype {dtype_name(k)}, got {dtype_name(t)}")
+                if dtype_name(t) != dt:
+                    raise ValueError(f"{name}[{p}] must have dtype {dt}, got {dtype_name(t)}")
                 if strides(t)[3] != 1:
                     raise ValueError(f"{name}[{p}] needs unit stride along D")
             ost[p] = strides(k_out[p])[:3] + strides(v_out[p])[:3]
@@ -145,14 +151,16 @@ def _pool_launch_args(k, v, k_out, v_out, *, layout, block_t, num_warps):
 
 
 def psa_pool_kv(k, v, k_out: dict, v_out: dict, *, layout: str = "BHSD", block_t: int = 64,
-                num_warps: int = 4) -> None:
+                num_warps: int = 4, geometry=None) -> None:
     """Pool K and V for every level in ``k_out`` (a subset of {2, 4, 8}) in one pass.
 
     k, v: ``[B, H_kv, Lk, D]`` (``"BHSD"``) or ``[B, Lk, H_kv, D]`` (``"BSHD"``), fp16/bf16 (fp32 allowed), unit
     stride along D. ``k_out[p]``/``v_out[p]``: caller-allocated ``[B, H_kv, ceil(Lk/p), D]`` in the input dtype
-    (any strides with unit stride along D). Nothing is returned; outputs are written in place.
+    (any strides with unit stride along D). Nothing is returned; outputs are written in place. ``geometry``: the
+    call's :class:`~.geometry.CallGeometry` (built with v) from the pipeline; k and v are then not read again.
     """
-    launch = _pool_launch_args(k, v, k_out, v_out, layout=layout, block_t=block_t, num_warps=num_warps)
+    launch = _pool_launch_args(k, v, k_out, v_out, layout=layout, block_t=block_t, num_warps=num_warps,
+                               geometry=geometry)
     if launch is not None:
         grid, args, meta = launch
         _psa_pool_kernel[grid](*args, **meta)

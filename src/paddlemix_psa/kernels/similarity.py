@@ -13,10 +13,10 @@ import triton
 import triton.language as tl
 
 from ._tensorlike import dtype_name, shape, strides
+from .geometry import HEAD_DIMS as _HEAD_DIMS
 
 __all__ = ["psa_similarity_cap"]
 
-_HEAD_DIMS = (64, 80, 96, 128)
 _LAYOUTS = ("BHSD", "BSHD")
 
 
@@ -67,7 +67,7 @@ def _similarity_cap_kernel(K, Out, stride_kb, stride_kh, stride_kl, stride_ob, s
     tl.store(o_base + offs_j, cap.to(tl.int8), mask=offs_j < nk)
 
 
-def psa_similarity_cap(k, out, *, key_block: int, thresholds, layout: str) -> None:
+def psa_similarity_cap(k, out, *, key_block: int, thresholds, layout: str, geometry=None) -> None:
     """Per-block similarity cap ``L_j`` (docs/ALGORITHM.md §8 F5) into the caller's ``out``.
 
     Args:
@@ -77,25 +77,32 @@ def psa_similarity_cap(k, out, *, key_block: int, thresholds, layout: str) -> No
         key_block: b_k in {16, 32, 64, 128}.
         thresholds: ``(tau2, tau4, tau8)``; a level passes when ``sim_p > tau_p`` (strict).
         layout: ``"BHSD"`` or ``"BSHD"``.
+        geometry: the call's :class:`~.geometry.CallGeometry` from the pipeline (its k is this ``k``); k is then
+            not read again.
     """
     if layout not in _LAYOUTS:
         raise ValueError(f"layout must be one of {_LAYOUTS}, got {layout!r}")
-    s = shape(k)
-    if len(s) != 4:
-        raise ValueError(f"k must be 4-D, got shape {s}")
-    st = strides(k)
-    if layout == "BHSD":
-        B, H, Lk, D = s
-        skb, skh, skl, skd = st
-    else:
-        B, Lk, H, D = s
-        skb, skl, skh, skd = st
-    if D not in _HEAD_DIMS:
-        raise ValueError(f"head dim must be one of {_HEAD_DIMS}, got {D}")
-    if key_block not in (16, 32, 64, 128):
-        raise ValueError(f"key_block must be one of (16, 32, 64, 128), got {key_block}")
-    if dtype_name(k) not in ("float16", "bfloat16", "float32"):
-        raise ValueError(f"k must be float16, bfloat16 or float32, got {dtype_name(k)}")
+    if geometry is None:
+        s = shape(k)
+        if len(s) != 4:
+            raise ValueError(f"k must be 4-D, got shape {s}")
+        st = strides(k)
+        if layout == "BHSD":
+            B, H, Lk, D = s
+            skb, skh, skl, skd = st
+        else:
+            B, Lk, H, D = s
+            skb, skl, skh, skd = st
+        if D not in _HEAD_DIMS:
+            raise ValueError(f"head dim must be one of {_HEAD_DIMS}, got {D}")
+        if key_block not in (16, 32, 64, 128):
+            raise ValueError(f"key_block must be one of (16, 32, 64, 128), got {key_block}")
+        if dtype_name(k) not in ("float16", "bfloat16", "float32"):
+            raise ValueError(f"k must be float16, bfloat16 or float32, got {dtype_name(k)}")
+    else:  # validated by call_geometry
+        geometry.check(layout=layout, key_block=key_block)
+        B, H, Lk, D = geometry.B, geometry.Hkv, geometry.Lk, geometry.D
+        skb, skh, skl, skd = geometry.k_strides
     if skd != 1:
         raise ValueError("k needs unit stride along D")
     if Lk < 1:
