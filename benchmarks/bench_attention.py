@@ -11,8 +11,8 @@ Rows per length:
                  level-1 runs prebuilt)
   psa-full:X     the whole kernel pipeline (estimate -> similarity -> select -> lut -> pool -> attention) with
                  configuration X (FULL_CONFIGS: default = AttentionConfig(), paper = AttentionConfig.preset
-                 ("paper")), on paddlemix_psa.synthetic inputs; "plan" = estimate + similarity + select timed as
-                 psa_level_map_kernels alone; "graph" = the same forward captured in a CUDA graph and replayed;
+                 ("paper")), on paddlemix_psa.synthetic inputs; "plan" = estimate + similarity + select + index list
+                 (the selection writes it) timed as psa_level_map_kernels alone; "graph" = the same forward captured in a CUDA graph and replayed;
                  "scratch" = peak device memory of the plan beyond the inputs
   original       with --original PATH: the original PSA (a ziplab/Pyramid-Sparse-Attention checkout the user
                  provides, imported at run time by benchmarks/original_psa.py) at the paper configuration, on
@@ -266,8 +266,14 @@ def run_full(q, k, v, L, ref, dense_ms, F, results, args):
         def full():
             return pipeline.psa_forward_kernels(q, k, v, alloc=alloc, attn_config=args.cfg or None, **plan_kw)
 
-        def plan():
-            return pipeline.psa_level_map_kernels(q, k, alloc=alloc, **plan_kw)
+        def plan():  # what psa_forward_kernels plans: levels and the index list, written by the selection
+            g = plan_kw
+            nq, nk = -(-L // g["query_block"]), -(-L // g["key_block"])
+            hm = HQ if g["gqa_mask"] == "per_head" else HKV
+            launch = pipeline.launch_config(D, g["query_block"], g["key_block"], "bfloat16", args.cfg or None)
+            index = (alloc((1, hm, nq, nk), "int32"), alloc((1, hm, nq, 4), "int32"), alloc((1, hm, nq), "int32"),
+                     pipeline.run_blocks_for(launch["block_n"], g["key_block"]))
+            return pipeline.psa_level_map_kernels(q, k, alloc=alloc, index_list=index, **plan_kw)
 
         out, M, lut, cnt = full()
         assert not torch.isnan(out).any(), "NaN in the PSA output"

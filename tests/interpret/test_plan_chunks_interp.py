@@ -60,3 +60,30 @@ def test_scratch_bound_at_128k_qwen_shapes():
         nbytes = sum(4 * int(np.prod(s)) for s, _ in shapes.values()) + 4 * 28 * (i1 - i0) * (-(-Lk_c // 32))
         worst = max(worst, nbytes)
     assert len(chunks) > 1 and worst <= PLAN_SCRATCH_BYTES
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_fused_index_list_equals_build_lut(chunked):
+    # the plan's selection writes the index list itself (psa_forward_kernels); it must be exactly what
+    # psa_build_lut builds from the returned map, runs included, in one piece and in chunks
+    from paddlemix_psa.kernels.pipeline import psa_level_map_kernels
+    from paddlemix_psa.kernels.select import psa_build_lut
+    from paddlemix_psa.synthetic import structured_qkv
+
+    Lq = Lk = 640
+    q, k, _ = structured_qkv(Lk, q_heads=4, kv_heads=2, head_dim=64, seed=11)
+    q, k = q.astype(np.float32), k.astype(np.float32)
+    kw = dict(query_block=64, key_block=16, causal=True, layout="BHSD", xattn_stride=16, dense_tail_tokens=64)
+    nq, nk = Lq // 64, Lk // 16
+    keep = []
+    alloc = _alloc(keep)
+    lut, counts, runs = (np.full(s, -7, np.int32) for s in ((1, 4, nq, nk), (1, 4, nq, 4), (1, 4, nq)))
+    budget = 4 * 4 * nk * 6 * 3 if chunked else None
+    M = psa_level_map_kernels(hv(q), hv(k), alloc=alloc, scratch_budget=budget,
+                              index_list=(hv(lut), hv(counts), hv(runs), 4), **kw).arr
+    ref = [np.full(a.shape, -9, np.int32) for a in (lut, counts, runs)]
+    psa_build_lut(hv(M), hv(ref[0]), hv(ref[1]), Lq=Lq, Lk=Lk, query_block=64, key_block=16, causal=True,
+                  runs=hv(ref[2]), run_blocks=4)
+    assert (M == 1).sum() > 0 and (M == 2).sum() > 0 and runs.sum() > 0  # levels and runs to compare
+    for got, want in zip((lut, counts, runs), ref):
+        np.testing.assert_array_equal(got, want)
