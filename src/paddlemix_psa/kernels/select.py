@@ -48,21 +48,34 @@ def _top_set(mono, key, rank, c):
 
 
 @triton.jit
+def _max_combine(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _min_combine(a, b):
+    return tl.minimum(a, b)
+
+
+@triton.jit
 def _write_index_list(lv, j, valid, l_row, c_row, runs_ptr, jfull, lut_width, NK_PAD: tl.constexpr,
                       RUN: tl.constexpr):
     """One row of the index list from its levels ``lv`` (j order): per level 1, 2, 4, 8 an exclusive prefix sum
     places the kept valid blocks (ascending j) after the previous levels, then zero padding to ``lut_width``.
-    With ``RUN > 0`` the level-1 group starts with the row's runs: aligned groups of RUN consecutive level-1
-    blocks, all complete and visible to the whole query block (j < jfull, as the attention kernel computes it);
-    the kernel loads each run as one slab (TMA). The other level-1 blocks follow in ascending j, so the masked
-    ones stay last."""
+    With ``RUN > 0`` the level-1 group starts with the row's runs: every maximal stretch of consecutive level-1
+    blocks that are complete and visible to the whole query block (j < jfull, as the attention kernel computes
+    it) gives its first ``RUN * floor(length / RUN)`` blocks, which the kernel loads as slabs of RUN blocks (TMA;
+    a slab is exact at any row offset, so stretches need no alignment). The other level-1 blocks follow in
+    ascending j, so the masked ones stay last."""
     base = 0
     if RUN > 0:
         one = (valid & (lv == 1)).to(tl.int32)
-        whole = tl.min(tl.reshape(one, [NK_PAD // RUN, RUN]), axis=1)
-        g = tl.arange(0, NK_PAD // RUN)
-        whole = tl.where((g + 1) * RUN <= jfull, whole, 0)
-        in_run = tl.reshape(tl.broadcast_to(whole[:, None], [NK_PAD // RUN, RUN]), [NK_PAD])
+        ok = (one > 0) & (j < jfull)
+        # the stretch around j: (last non-eligible index before it, first one after it), by two scans
+        before = tl.associative_scan(tl.where(ok, -1, j), 0, _max_combine)
+        after = tl.associative_scan(tl.where(ok, NK_PAD, j), 0, _min_combine, reverse=True)
+        length = after - before - 1
+        in_run = (ok & (j - before - 1 < (length // RUN) * RUN)).to(tl.int32)
         rest = one - in_run
         pos = tl.cumsum(in_run, axis=0) - in_run
         tl.store(l_row + pos, j, mask=in_run > 0)
@@ -451,9 +464,10 @@ def psa_build_lut(level_map, lut, counts, *, Lq: int, Lk: int, query_block: int,
             non-zero; values outside {1, 2, 4, 8} are not kept.
         counts: int32 ``[B, H_m, nq, 4]``: entries of level 1, 2, 4, 8 in the row.
         runs, run_blocks: with ``runs`` (int32 ``[B, H_m, nq]``; ``run_blocks`` a power of two <= 16), the
-            level-1 group starts with the row's *runs*: aligned groups of ``run_blocks`` consecutive level-1
-            blocks that are complete and visible to every row of the query block, ascending; ``runs`` counts them.
-            The other level-1 blocks follow, ascending. The attention kernel loads each run as one slab.
+            level-1 group starts with the row's *runs*: from each maximal stretch of consecutive level-1 blocks
+            that are complete and visible to every row of the query block, its first ``run_blocks * floor(length
+            / run_blocks)`` blocks, ascending; ``runs`` counts them in units of ``run_blocks``. The other level-1
+            blocks follow, ascending. The attention kernel loads each unit of ``run_blocks`` as one slab.
     """
     ms = shape(level_map)
     if len(ms) != 4 or dtype_name(level_map) != "int8":
