@@ -392,7 +392,8 @@ _FIN_BLOCK_J = 128  # key blocks per step of pass B's block-sum loop
 # shapes, benchmarks/bench_estimate.py sweep, 2026-11-27): 32k 1.17 ms (128 x 128, 5 stages: 1.09; the former
 # default 128 x 128 x 4: 1.30), 128k 13.1 ms (128 x 128: 16.7-17.9). Two-pass: 128 x 128 x 2 stages 2.35 ms at
 # 32k against 3.83 ms with 128 x 64.
-# TMA path (sm_90): the defaults above are still the pointer path's; not yet measured on TMA. Search space (block_a,
+# TMA path (sm_90): 64-row query tiles and 4 stages (H200, --compare-tma, 2026-12-01 22:45 UTC: 32k 0.747 ms against
+# 0.803 at 128 rows / 3 stages; 128k pass A 9.18 against 9.36 ms); the same 256-key tiles. Search space (block_a,
 # block_c, block_k, num_stages, num_warps, flatten), all within 227 KiB of shared memory for bf16 D 128: block_a
 # 64 / 128 / 256, block_c 64 / 128 / 256, block_k 64 / 128, 2-5 stages, 4 / 8 warps, flatten off / on; the points
 # are benchmarks/bench_estimate.py TMA_SPACE, timed against the pointer path by its --compare-tma table (H200
@@ -410,7 +411,9 @@ def _pick_block_a(n_a_total: int, BH: int, RQ: int, dt: str, whole_blocks: bool)
     # largest query tile (better reuse of each K tile) that still launches about one wave of programs on a large
     # GPU; short chunks against long contexts fall back to small tiles for parallelism
     lo = max(16, RQ) if whole_blocks else 16
-    cands = [c for c in ((128, 64, 32, 16) if dt != "float32" else (64, 32, 16)) if c >= lo]
+    # the single-pass kernel's TMA path (sm_90) is fastest with 64-row tiles (see the comment above _SP_BLOCK_C)
+    top = (64, 32, 16) if dt == "float32" or (not whole_blocks and tma_available()) else (128, 64, 32, 16)
+    cands = [c for c in top if c >= lo]
     cands = cands or [lo]
     return next((c for c in cands if triton.cdiv(n_a_total, c) * BH >= _MIN_PROGRAMS), cands[-1])
 
@@ -564,7 +567,6 @@ def psa_estimate_scores(q, k, out, *, query_block: int, key_block: int, stride: 
     tsum, sts = bufs["tsum"]
     if sts != stm:
         raise ValueError(f"scratch tmax and tsum must share strides, got {stm} and {sts}")
-    ns = num_stages or (2 if qdt == "float32" else 3)
     BLOCK_D = _next_pow2(D)
     BLOCK_K = int(block_k) if block_k else min(_SP_BLOCK_K, BLOCK_D)
     if BLOCK_K < 16 or BLOCK_K & (BLOCK_K - 1) or BLOCK_D % BLOCK_K:
@@ -576,6 +578,7 @@ def psa_estimate_scores(q, k, out, *, query_block: int, key_block: int, stride: 
         if q_desc is not None:  # one fallback per launch, not per tensor
             k_desc = _grouped_descriptor(k, (B, Hkv, Lk, D), (skb, skh, skl), S, BLOCK_C, BLOCK_K, qdt)
     tma = q_desc is not None and k_desc is not None
+    ns = num_stages or (2 if qdt == "float32" else (4 if tma else 3))
     _xattn_partial_kernel[grid](
         q, k, part, tmax, tsum, q_desc if tma else None, k_desc if tma else None,
         sqb, sqh, sql, skb, skh, skl, sp[0], sp[1], sp[2], stm[0], stm[1], stm[2],

@@ -324,7 +324,9 @@ def _row_buckets(Lq: int, Lk: int, query_block: int, key_block: int, causal: boo
 
 
 def _num_warps(nk_pad: int) -> int:
-    return 8 if nk_pad >= 2048 else 4
+    # H200, select + index list at 128k (rows of 2048-4096 blocks): 32 warps 11.9 ms, 16 warps 12.2, 8 warps 13.9;
+    # 1024-wide rows (32k): 4 and 8 warps tie (benchmarks/NOTES-attn.md)
+    return 32 if nk_pad >= 2048 else 4
 
 
 def psa_select_levels(scores, out_map, *, Lq: int, Lk: int, query_block: int, key_block: int, causal: bool,
