@@ -392,8 +392,9 @@ _FIN_BLOCK_J = 128  # key blocks per step of pass B's block-sum loop
 # shapes, benchmarks/bench_estimate.py sweep, 2026-11-27): 32k 1.17 ms (128 x 128, 5 stages: 1.09; the former
 # default 128 x 128 x 4: 1.30), 128k 13.1 ms (128 x 128: 16.7-17.9). Two-pass: 128 x 128 x 2 stages 2.35 ms at
 # 32k against 3.83 ms with 128 x 64.
-# TMA path (sm_90): 64-row query tiles and 4 stages (H200, --compare-tma, 2026-12-01 22:45 UTC: 32k 0.747 ms against
-# 0.803 at 128 rows / 3 stages; 128k pass A 9.18 against 9.36 ms); the same 256-key tiles. Search space (block_a,
+# TMA path (sm_90), stride 16: 64-row query tiles and 4 stages (H200, --compare-tma, 2026-12-01 22:45 UTC: 32k 0.747
+# ms against 0.803 at 128 rows / 3 stages; 128k pass A 9.18 against 9.36 ms); the same 256-key tiles. Stride 8 keeps
+# 128 rows / 3 stages (_tma_tiles). Search space (block_a,
 # block_c, block_k, num_stages, num_warps, flatten), all within 227 KiB of shared memory for bf16 D 128: block_a
 # 64 / 128 / 256, block_c 64 / 128 / 256, block_k 64 / 128, 2-5 stages, 4 / 8 warps, flatten off / on; the points
 # are benchmarks/bench_estimate.py TMA_SPACE, timed against the pointer path by its --compare-tma table (H200
@@ -407,12 +408,18 @@ def _default_block_c(RK: int, single: bool = False) -> int:
     return max(_SP_BLOCK_C if single else _TP_BLOCK_C, RK)
 
 
-def _pick_block_a(n_a_total: int, BH: int, RQ: int, dt: str, whole_blocks: bool) -> int:
+def _tma_tiles(stride: int) -> bool:
+    # the 64-row / 4-stage TMA tiles won at stride 16 (32k 0.747 vs 0.803 ms); at stride 8 (the paper preset)
+    # the 128-row / 3-stage tiles stay (32k 1.215 vs 1.276 ms; H200 --compare-tma, 2026-12-01)
+    return stride >= 16 and tma_available()
+
+
+def _pick_block_a(n_a_total: int, BH: int, RQ: int, dt: str, whole_blocks: bool, stride: int) -> int:
     # largest query tile (better reuse of each K tile) that still launches about one wave of programs on a large
     # GPU; short chunks against long contexts fall back to small tiles for parallelism
     lo = max(16, RQ) if whole_blocks else 16
-    # the single-pass kernel's TMA path (sm_90) is fastest with 64-row tiles (see the comment above _SP_BLOCK_C)
-    top = (64, 32, 16) if dt == "float32" or (not whole_blocks and tma_available()) else (128, 64, 32, 16)
+    # the single-pass kernel's TMA path (sm_90) at stride 16 is fastest with 64-row tiles (_tma_tiles)
+    top = (64, 32, 16) if dt == "float32" or (not whole_blocks and _tma_tiles(stride)) else (128, 64, 32, 16)
     cands = [c for c in top if c >= lo]
     cands = cands or [lo]
     return next((c for c in cands if triton.cdiv(n_a_total, c) * BH >= _MIN_PROGRAMS), cands[-1])
@@ -529,7 +536,8 @@ def psa_estimate_scores(q, k, out, *, query_block: int, key_block: int, stride: 
         raise ValueError(f"query_block/stride={RQ} and key_block/stride={RK} must be powers of two")
     n_a_total = nq * RQ
     single = method == "single_pass"
-    BLOCK_A = int(block_a) if block_a else _pick_block_a(n_a_total, B * Hq, RQ, qdt, whole_blocks=not single)
+    BLOCK_A = int(block_a) if block_a else _pick_block_a(n_a_total, B * Hq, RQ, qdt, whole_blocks=not single,
+                                                                stride=S)
     BLOCK_C = int(block_c) if block_c else _default_block_c(RK, single)
     if BLOCK_C % RK or min(BLOCK_A, BLOCK_C) < 16 or BLOCK_A & (BLOCK_A - 1) or BLOCK_C & (BLOCK_C - 1) \
             or (not single and BLOCK_A % RQ):
@@ -578,7 +586,7 @@ def psa_estimate_scores(q, k, out, *, query_block: int, key_block: int, stride: 
         if q_desc is not None:  # one fallback per launch, not per tensor
             k_desc = _grouped_descriptor(k, (B, Hkv, Lk, D), (skb, skh, skl), S, BLOCK_C, BLOCK_K, qdt)
     tma = q_desc is not None and k_desc is not None
-    ns = num_stages or (2 if qdt == "float32" else (4 if tma else 3))
+    ns = num_stages or (2 if qdt == "float32" else (4 if tma and _tma_tiles(S) else 3))
     _xattn_partial_kernel[grid](
         q, k, part, tmax, tsum, q_desc if tma else None, k_desc if tma else None,
         sqb, sqh, sql, skb, skh, skl, sp[0], sp[1], sp[2], stm[0], stm[1], stm[2],

@@ -108,7 +108,7 @@ def psa_level_map_kernels(q, k, *, alloc, query_block=128, key_block=32, causal=
                          causal=causal, budget=scratch_budget)
     # every chunk tiles its rows like the whole plan would, so the fp32 sums (and the levels) do not move
     block_a = _pick_block_a(nq * (query_block // xattn_stride), B * Hq, query_block // xattn_stride,
-                            g.dtype, whole_blocks=False)
+                            g.dtype, whole_blocks=False, stride=xattn_stride)
     if len(chunks) > 1:  # a chunk writes only its causally reachable columns: the rest stay 0
         n = B * Hm * nq * nk
         _zero_int8_kernel[(triton.cdiv(n, 4096),)](level_map, n, BLOCK=4096)
