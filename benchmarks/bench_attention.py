@@ -266,13 +266,15 @@ def run_full(q, k, v, L, ref, dense_ms, F, results, args):
         def full():
             return pipeline.psa_forward_kernels(q, k, v, alloc=alloc, attn_config=args.cfg or None, **plan_kw)
 
-        def plan():  # what psa_forward_kernels plans: levels and the index list, written by the selection
-            g = plan_kw
-            nq, nk = -(-L // g["query_block"]), -(-L // g["key_block"])
-            hm = HQ if g["gqa_mask"] == "per_head" else HKV
-            launch = pipeline.launch_config(D, g["query_block"], g["key_block"], "bfloat16", args.cfg or None)
-            index = (alloc((1, hm, nq, nk), "int32"), alloc((1, hm, nq, 4), "int32"), alloc((1, hm, nq), "int32"),
-                     pipeline.run_blocks_for(launch["block_n"], g["key_block"]))
+        # what psa_forward_kernels plans: levels and the index list, written by the selection. The list is the
+        # plan's output (the attention's input), allocated here so that "plan scratch" stays the plan's scratch
+        nq, nk = -(-L // plan_kw["query_block"]), -(-L // plan_kw["key_block"])
+        hm = HQ if plan_kw["gqa_mask"] == "per_head" else HKV
+        launch = pipeline.launch_config(D, plan_kw["query_block"], plan_kw["key_block"], "bfloat16", args.cfg or None)
+        index = (alloc((1, hm, nq, nk), "int32"), alloc((1, hm, nq, 4), "int32"), alloc((1, hm, nq), "int32"),
+                 pipeline.run_blocks_for(launch["block_n"], plan_kw["key_block"]))
+
+        def plan(index=index):
             return pipeline.psa_level_map_kernels(q, k, alloc=alloc, index_list=index, **plan_kw)
 
         out, M, lut, cnt = full()
