@@ -303,8 +303,8 @@ def run_full(q, k, v, L, ref, dense_ms, F, results, args):
         pipeline.psa_forward_kernels(q, k, v, alloc=alloc, attn_config=args.cfg or None, on_stage=mark, **plan_kw)
         torch.cuda.synchronize()
         prev, split = start, {}
-        for stage, ev in marks:
-            split[stage] = prev.elapsed_time(ev)
+        for stage, ev in marks:  # a chunked plan marks its stages once per chunk: sum them per name
+            split[stage] = split.get(stage, 0.0) + prev.elapsed_time(ev)
             prev = ev
         try:
             graph_ms, graph = _graph_ms(full)

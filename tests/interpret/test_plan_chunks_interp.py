@@ -31,9 +31,12 @@ def test_chunked_plan_equals_whole_plan(Lq, Lk, gqa_mask, layout):
     assert len(chunks) >= 2 and chunks[0][0] == 0 and chunks[-1][1] == -(-Lq // 64)
     keep = []
     whole = psa_level_map_kernels(hv(q), hv(k), alloc=_alloc(keep), **kw).arr
-    parts = psa_level_map_kernels(hv(q), hv(k), alloc=_alloc(keep), scratch_budget=budget, **kw).arr
+    stages = []
+    parts = psa_level_map_kernels(hv(q), hv(k), alloc=_alloc(keep), scratch_budget=budget, on_stage=stages.append,
+                                  **kw).arr
     assert set(np.unique(whole).tolist()) >= {0, 1, 2}  # several levels, not a trivial map
     np.testing.assert_array_equal(parts, whole)
+    assert stages == ["estimate_ms", "mask_ms"] * len(chunks)  # per chunk, so summed laps attribute each stage
 
 
 def test_no_chunks_when_the_offset_would_cut_a_stride_group():

@@ -93,7 +93,8 @@ def psa_level_map_kernels(q, k, *, alloc, query_block=128, key_block=32, causal=
     Long plans run in chunks of query blocks (:func:`plan_chunks`): a chunk's queries see the keys up to its last
     row (bottom-right causal alignment keeps every position), so its scores and levels are those of the whole
     plan, and the scratch of a 128k call stays bounded. ``on_stage(name)`` is called after "estimate_ms" and
-    "mask_ms" (the caller may synchronise and time); with several chunks, after the last one. ``geometry``: the
+    "mask_ms" (the caller may synchronise and time); with several chunks, once per chunk and stage, so that a
+    caller summing the laps per name attributes each stage correctly. ``geometry``: the
     call's :class:`~.geometry.CallGeometry` when the caller has it (else read from q, k here). ``index_list``:
     optional ``(lut, counts, runs, run_blocks)`` (shapes as :func:`select.psa_build_lut`'s): the selection also
     writes the map's index list, in the same program (the fused plan of :func:`psa_forward_kernels`).
@@ -128,8 +129,7 @@ def psa_level_map_kernels(q, k, *, alloc, query_block=128, key_block=32, causal=
             _group_mean_kernel[(triton.cdiv(nq_c * nk_c, 1024), B * Hkv)](scores, grouped, nq_c * nk_c, G=G,
                                                                            BLOCK=1024)
             scores = grouped
-        if (i0, i1) == chunks[-1]:
-            on_stage("estimate_ms")
+        on_stage("estimate_ms")
         if sim_cap and cap is None:
             cap = alloc((B, Hkv, nk), "int8")
             psa_similarity_cap(k, cap, key_block=key_block, thresholds=tuple(sim_thresholds), layout=layout,
@@ -141,7 +141,7 @@ def psa_level_map_kernels(q, k, *, alloc, query_block=128, key_block=32, causal=
                           sim_cap=None if cap is None else narrow(cap, 2, 0, nk_c),
                           gqa_group=G if gqa_mask == "per_head" else 1, counters=counters,
                           **_index_rows(index_list, i0, i1))
-    on_stage("mask_ms")
+        on_stage("mask_ms")
     return level_map
 
 
