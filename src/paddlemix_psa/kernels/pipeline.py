@@ -1,5 +1,8 @@
 """Framework-neutral PSA forward: estimate -> select -> lut -> pool -> attend (docs/ALGORITHM.md §0 steps 1-5).
 
+In :func:`psa_forward_kernels` the selection writes the index list itself (select and lut fused), for the tile
+width of the attention launch config, which is fixed once per call before the plan (:func:`launch_config`).
+
 Every buffer comes from the caller's ``alloc(shape, dtype_name)``; nothing here knows the framework. No host
 synchronisation: the pooled levels are those the configuration *can* produce (non-empty mask intervals, plus
 the finer pooled levels the similarity cap can demote to), not a device read of the map.
