@@ -235,10 +235,10 @@ def _psa_runs(acc, l_i, m_i, q, k_desc, v_desc, kb, vb, s_kn, s_vn, lut_row, n_r
               offs_n, offs_d, BK: tl.constexpr, BLOCK_N: tl.constexpr, RUN_WIN: tl.constexpr, RUN_STAGES: tl.constexpr,
               D: tl.constexpr, D_PAD: tl.constexpr, USE_TMA: tl.constexpr, IN_PREC: tl.constexpr):
     """Level-1 runs: the first ``n_run_blocks`` lut entries (see ``psa_build_lut``) are complete, fully visible
-    blocks, each maximal stretch contributing a whole multiple of ``BLOCK_N // BK``. The outer loop finds the next stretch of consecutive blocks
-    (at most ``RUN_WIN``) from one vector load of the lut; the inner loop walks it as ``BLOCK_N``-row slabs whose
-    row offset is the loop index, so the software pipeline prefetches with no dependent index load (TMA on sm_90,
-    where a descriptor load at the run's row offset is exact)."""
+    blocks, each maximal stretch contributing a whole multiple of ``BLOCK_N // BK``. The outer loop finds the
+    next stretch of consecutive blocks (at most ``RUN_WIN``) from one vector load of the lut; the inner loop walks
+    it as ``BLOCK_N``-row slabs whose row offset is the loop index, so the software pipeline prefetches with no
+    dependent index load (TMA on sm_90, where a descriptor load at the run's row offset is exact)."""
     dmask = offs_d < D
     w = tl.arange(0, RUN_WIN)
     e = 0

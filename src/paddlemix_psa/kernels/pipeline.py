@@ -174,8 +174,9 @@ def psa_attention_from_map(q, k, v, level_map, *, alloc, query_block=128, key_bl
     :func:`attn_fwd.default_config` (``block_n``, ``num_warps``, ``use_tma``, ...).
 
     ``pooled_levels`` must include every pooled level present in ``level_map`` (a superset costs one pooling pass).
-    ``on_stage`` is called after "pool_ms" (index list unless given, and pooling) and "attention_ms". ``geometry``: the call's
-    :class:`~.geometry.CallGeometry` (built with v) when the caller has it (else read from q, k, v here).
+    ``on_stage`` is called after "pool_ms" (index list unless given, and pooling) and "attention_ms".
+    ``geometry``: the call's :class:`~.geometry.CallGeometry` (built with v) when the caller has it (else read
+    from q, k, v here).
     ``index_list``: ``(lut, counts, runs)`` already built from ``level_map`` for this ``attn_config`` (by the fused
     plan), else built here.
     """
