@@ -12,8 +12,8 @@ Rows per length:
   psa-full:X     the whole kernel pipeline (estimate -> similarity -> select -> lut -> pool -> attention) with
                  configuration X (FULL_CONFIGS: default = AttentionConfig(), paper = AttentionConfig.preset
                  ("paper")), on paddlemix_psa.synthetic inputs; "plan" = estimate + similarity + select + index list
-                 (the selection writes it) timed as psa_level_map_kernels alone; "graph" = the same forward captured in a CUDA graph and replayed;
-                 "scratch" = peak device memory of the plan beyond the inputs
+                 (the selection writes it) timed as psa_level_map_kernels alone; "graph" = the same forward
+                 captured in a CUDA graph and replayed; "scratch" = peak device memory of the plan beyond the inputs
   original       with --original PATH: the original PSA (a ziplab/Pyramid-Sparse-Attention checkout the user
                  provides, imported at run time by benchmarks/original_psa.py) at the paper configuration, on
                  the same inputs as psa-full, with its own sparsity and its error vs dense
@@ -127,7 +127,7 @@ def dense_flops(L):
 
 def psa_fixed(q, k, v, M, cfg):
     """The attention kernel alone on level map ``M``, with the pipeline's index list (level-1 runs included)."""
-    from paddlemix_psa.kernels.attn_fwd import default_config, run_blocks_for
+    from paddlemix_psa.kernels.attn_fwd import launch_config, run_blocks_for
     from paddlemix_psa.kernels.select import psa_build_lut
 
     levels = tuple(p for p in (2, 4, 8) if bool((M == p).any()))
@@ -135,7 +135,7 @@ def psa_fixed(q, k, v, M, cfg):
     kp = {p: torch.empty((B, HKV, -(-Lk // p), D), device="cuda", dtype=k.dtype) for p in levels}
     vp = {p: torch.empty_like(kp[p]) for p in levels}
     psa_pool_kv(k, v, kp, vp)
-    block_n = cfg.get("block_n") or default_config(D, QB, KB)["block_n"]
+    block_n = launch_config(D, QB, KB, "bfloat16", cfg)["block_n"]
     lut = torch.empty(M.shape, device="cuda", dtype=torch.int32)
     cnt = torch.empty(M.shape[:3] + (4,), device="cuda", dtype=torch.int32)
     runs = torch.empty(M.shape[:3], device="cuda", dtype=torch.int32)
@@ -256,6 +256,7 @@ def _graph_ms(fn):
 
 def run_full(q, k, v, L, ref, dense_ms, F, results, args):
     from paddlemix_psa.kernels import pipeline
+    from paddlemix_psa.kernels.geometry import call_geometry
 
     def alloc(shape, dt):
         return torch.empty(tuple(shape), device="cuda", dtype=getattr(torch, dt))
@@ -268,11 +269,9 @@ def run_full(q, k, v, L, ref, dense_ms, F, results, args):
 
         # what psa_forward_kernels plans: levels and the index list, written by the selection. The list is the
         # plan's output (the attention's input), allocated here so that "plan scratch" stays the plan's scratch
-        nq, nk = -(-L // plan_kw["query_block"]), -(-L // plan_kw["key_block"])
-        hm = HQ if plan_kw["gqa_mask"] == "per_head" else HKV
-        launch = pipeline.launch_config(D, plan_kw["query_block"], plan_kw["key_block"], "bfloat16", args.cfg or None)
-        index = (alloc((1, hm, nq, nk), "int32"), alloc((1, hm, nq, 4), "int32"), alloc((1, hm, nq), "int32"),
-                 pipeline.run_blocks_for(launch["block_n"], plan_kw["key_block"]))
+        g = call_geometry(q, k, v, layout="BHSD", query_block=plan_kw["query_block"], key_block=plan_kw["key_block"],
+                          causal=True, gqa_mask=plan_kw["gqa_mask"])
+        index = pipeline.index_list_buffers(g, alloc, args.cfg or None)
 
         def plan(index=index):
             return pipeline.psa_level_map_kernels(q, k, alloc=alloc, index_list=index, **plan_kw)

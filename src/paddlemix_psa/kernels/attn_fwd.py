@@ -38,7 +38,7 @@ from ._tensorlike import dtype_name, shape, strides
 from ._tma import descriptor, tma_available
 from .geometry import call_geometry
 
-__all__ = ["psa_attn_fwd", "LEVELS", "default_config"]
+__all__ = ["psa_attn_fwd", "LEVELS", "default_config", "launch_config"]
 
 LEVELS = (1, 2, 4, 8)
 _LOG2E = 1.4426950408889634
@@ -359,6 +359,18 @@ def default_config(head_dim: int, query_block: int, key_block: int, dtype: str =
             "use_tma": None}
 
 
+def launch_config(head_dim: int, query_block: int, key_block: int, dtype: str, config: dict | None = None) -> dict:
+    """:func:`default_config` with the caller's overrides (``None`` values keep the default); an unknown option
+    is an error. The pipeline fixes it once per call, before the index list groups level-1 runs by its tile
+    width."""
+    cfg = default_config(head_dim, query_block, key_block, dtype)
+    unknown = set(config or {}) - set(cfg)
+    if unknown:
+        raise ValueError(f"unknown launch option(s) {sorted(unknown)}; allowed: {sorted(cfg)}")
+    cfg.update({key: val for key, val in (config or {}).items() if val is not None})
+    return cfg
+
+
 def run_blocks_for(block_n: int, key_block: int) -> int:
     """Key blocks per level-1 run for tile width ``block_n`` (what ``psa_build_lut(run_blocks=...)`` needs)."""
     return max(1, block_n // key_block)
@@ -413,11 +425,7 @@ def _attn_launch_args(q, k, v, k_pooled, v_pooled, lut, counts, out, *, query_bl
         lse_st = strides(lse)[:2]
     else:
         lse_st = (0, 0)
-    cfg = default_config(D, query_block, key_block, dt)
-    unknown = set(config or {}) - set(cfg)
-    if unknown:
-        raise ValueError(f"unknown launch option(s) {sorted(unknown)}; allowed: {sorted(cfg)}")
-    cfg.update({key: val for key, val in (config or {}).items() if val is not None})
+    cfg = launch_config(D, query_block, key_block, dt, config)
     block_n, d_pad = cfg["block_n"], g.d_pad
     run_blocks = run_blocks_for(block_n, key_block)
     if runs is not None:

@@ -1,7 +1,7 @@
 """Framework-neutral PSA forward: estimate -> select -> lut -> pool -> attend (docs/ALGORITHM.md §0 steps 1-5).
 
 In :func:`psa_forward_kernels` the selection writes the index list itself (select and lut fused), for the tile
-width of the attention launch config, which is fixed once per call before the plan (:func:`launch_config`).
+width of the attention launch config, which is fixed once per call before the plan (:func:`index_list_buffers`).
 
 Every buffer comes from the caller's ``alloc(shape, dtype_name)``; nothing here knows the framework. No host
 synchronisation: the pooled levels are those the configuration *can* produce (non-empty mask intervals, plus
@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from ._tensorlike import narrow, shape
-from .attn_fwd import default_config, psa_attn_fwd, run_blocks_for
+from .attn_fwd import launch_config, psa_attn_fwd, run_blocks_for
 from .estimate import _pick_block_a, psa_estimate_scores
 from .geometry import call_geometry
 from .pool import psa_pool_kv
@@ -157,12 +157,14 @@ def _index_rows(index_list, i0, i1) -> dict:
                 run_blocks=run_blocks)
 
 
-def launch_config(head_dim, query_block, key_block, dtype, attn_config=None) -> dict:
-    """The attention launch config of one call: :func:`attn_fwd.default_config` plus the caller's overrides.
-    Fixed once per call, before the index list is built: the list groups level-1 runs by its tile width."""
-    launch = default_config(head_dim, query_block, key_block, dtype)
-    launch.update({key: val for key, val in (attn_config or {}).items() if val is not None})
-    return launch
+def index_list_buffers(geometry, alloc, attn_config=None) -> tuple:
+    """The index list the fused plan writes for one call: ``(lut, counts, runs, run_blocks)``, ``run_blocks`` for
+    the tile width of the call's attention launch config (:func:`attn_fwd.launch_config`)."""
+    g = geometry
+    run_blocks = run_blocks_for(launch_config(g.D, g.query_block, g.key_block, g.dtype, attn_config)["block_n"],
+                                g.key_block)
+    return (alloc((g.B, g.Hm, g.nq, g.nk), "int32"), alloc((g.B, g.Hm, g.nq, 4), "int32"),
+            alloc((g.B, g.Hm, g.nq), "int32"), run_blocks)
 
 
 def psa_attention_from_map(q, k, v, level_map, *, alloc, query_block=128, key_block=32, causal=True, scale=None,
@@ -222,19 +224,14 @@ def psa_forward_kernels(q, k, v, *, alloc, query_block=128, key_block=32, causal
     g = call_geometry(q, k, v, layout=layout, query_block=query_block, key_block=key_block, causal=causal,
                       gqa_mask=gqa_mask)
     # fused plan: the selection writes the index list for this call's attention tile width as well
-    run_blocks = run_blocks_for(launch_config(g.D, query_block, key_block, g.dtype, attn_config)["block_n"],
-                                key_block)
-    lut = alloc((g.B, g.Hm, g.nq, g.nk), "int32")
-    counts = alloc((g.B, g.Hm, g.nq, 4), "int32")
-    runs = alloc((g.B, g.Hm, g.nq), "int32")
+    index = index_list_buffers(g, alloc, attn_config)
     level_map = psa_level_map_kernels(
         q, k, alloc=alloc, query_block=query_block, key_block=key_block, causal=causal, scale=scale, layout=layout,
         mask_mode=mask_mode, mask_ratios=mask_ratios, xattn_stride=xattn_stride, dense_tail_tokens=dense_tail_tokens,
         prompt_end=prompt_end, force_sink=force_sink, sim_cap=sim_cap, sim_thresholds=sim_thresholds,
-        gqa_mask=gqa_mask, counters=counters, on_stage=on_stage, geometry=g,
-        index_list=(lut, counts, runs, run_blocks))
+        gqa_mask=gqa_mask, counters=counters, on_stage=on_stage, geometry=g, index_list=index)
     out, lut, counts = psa_attention_from_map(
         q, k, v, level_map, alloc=alloc, query_block=query_block, key_block=key_block, causal=causal, scale=scale,
         layout=layout, gqa_mask=gqa_mask, pooled_levels=levels_possible(mask_ratios, sim_cap), out=out, lse=lse,
-        attn_config=attn_config, on_stage=on_stage, geometry=g, index_list=(lut, counts, runs))
+        attn_config=attn_config, on_stage=on_stage, geometry=g, index_list=index[:3])
     return out, level_map, lut, counts
