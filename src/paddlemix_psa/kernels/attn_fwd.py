@@ -45,6 +45,17 @@ _LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def first_masked_block(i, off, Lk, BLOCK_M: tl.constexpr, BK: tl.constexpr, CAUSAL: tl.constexpr):
+    """``jfull`` of query block i: key blocks j < jfull are complete and visible to every row of the block
+    (causal: entirely <= the first row's position ``i * BLOCK_M + off``). The index list's runs use the same
+    bound (select.py), so both call this."""
+    jfull = Lk // BK
+    if CAUSAL:
+        jfull = (i * BLOCK_M + off + 1) // BK
+    return jfull
+
+
+@triton.jit
 def _online_update(acc, l_i, m_i, s, v, SAFE: tl.constexpr):
     # s: [BLOCK_M, BLOCK_N] base-2 logits (-inf where masked); v: [BLOCK_N, D_PAD]
     m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -299,11 +310,7 @@ def _psa_attn_fwd_kernel(
 
     lut_row = LUT + b64 * slb + hm.to(tl.int64) * slh + i.to(tl.int64) * sli
     cnt_row = CNT + b64 * scb + hm.to(tl.int64) * sch + i.to(tl.int64) * sci
-    # first block index that may need masking: causal -> first block not entirely <= the first row's position
-    if CAUSAL:
-        jfull = (i * BLOCK_M + off + 1) // BK
-    else:
-        jfull = Lk // BK
+    jfull = first_masked_block(i, off, Lk, BLOCK_M, BK, CAUSAL)  # first block index that may need masking
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)

@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from ._tensorlike import dtype_name, shape, strides
+from .attn_fwd import first_masked_block
 
 __all__ = ["psa_select_levels", "psa_build_lut", "ends_from_ratios", "COUNTER_NAMES", "CANONICAL_LEVELS"]
 
@@ -63,8 +64,8 @@ def _write_index_list(lv, j, valid, l_row, c_row, runs_ptr, jfull, lut_width, NK
     """One row of the index list from its levels ``lv`` (j order): per level 1, 2, 4, 8 an exclusive prefix sum
     places the kept valid blocks (ascending j) after the previous levels, then zero padding to ``lut_width``.
     With ``RUN > 0`` the level-1 group starts with the row's runs: every maximal stretch of consecutive level-1
-    blocks that are complete and visible to the whole query block (j < jfull, as the attention kernel computes
-    it) gives its first ``RUN * floor(length / RUN)`` blocks, which the kernel loads as slabs of RUN blocks (TMA;
+    blocks that are complete and visible to the whole query block (j < jfull, attn_fwd.first_masked_block)
+    gives its first ``RUN * floor(length / RUN)`` blocks, which the kernel loads as slabs of RUN blocks (TMA;
     a slab is exact at any row offset, so stretches need no alignment). The other level-1 blocks follow in
     ascending j, so the masked ones stay last."""
     base = 0
@@ -209,10 +210,7 @@ def _select_levels_kernel(Scores, Map, Cap, Counters, Lut, Counts, Runs,
     for z0 in range(NK_PAD, nk, NK_PAD):
         tl.store(m_row + z0 + j, tl.zeros([NK_PAD], dtype=tl.int8), mask=z0 + j < nk)
     if WRITE_LUT:  # the index list of the same row, from the levels still in registers
-        if CAUSAL:
-            jfull = (i * QUERY_BLOCK + off + 1) // KEY_BLOCK
-        else:
-            jfull = Lk // KEY_BLOCK
+        jfull = first_masked_block(i, off, Lk, QUERY_BLOCK, KEY_BLOCK, CAUSAL)
         _write_index_list(lvl, j, valid & (j < nk),
                           Lut + b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + i.to(tl.int64) * stride_li,
                           Counts + b.to(tl.int64) * stride_nb + h.to(tl.int64) * stride_nh + i.to(tl.int64) * stride_ni,
@@ -253,10 +251,9 @@ def _build_lut_kernel(Map, Lut, Counts, Runs,
     b = bh // Hm
     if CAUSAL:
         J = (tl.minimum((i + 1) * QUERY_BLOCK, Lq) - 1 + Lk - Lq) // KEY_BLOCK
-        jfull = (i * QUERY_BLOCK + Lk - Lq + 1) // KEY_BLOCK
     else:
         J = nk - 1
-        jfull = Lk // KEY_BLOCK
+    jfull = first_masked_block(i, Lk - Lq, Lk, QUERY_BLOCK, KEY_BLOCK, CAUSAL)
     j = tl.arange(0, NK_PAD)
     valid = (j <= J) & (j < nk)
     m_row = Map + b.to(tl.int64) * stride_mb + h.to(tl.int64) * stride_mh + i.to(tl.int64) * stride_mi
