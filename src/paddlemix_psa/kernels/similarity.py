@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from ._tensorlike import dtype_name, shape, strides
-from .geometry import HEAD_DIMS as _HEAD_DIMS
+from .geometry import HEAD_DIMS as _HEAD_DIMS, KEY_BLOCKS
 
 __all__ = ["psa_similarity_cap"]
 
@@ -95,8 +95,8 @@ def psa_similarity_cap(k, out, *, key_block: int, thresholds, layout: str, geome
             skb, skl, skh, skd = st
         if D not in _HEAD_DIMS:
             raise ValueError(f"head dim must be one of {_HEAD_DIMS}, got {D}")
-        if key_block not in (16, 32, 64, 128):
-            raise ValueError(f"key_block must be one of (16, 32, 64, 128), got {key_block}")
+        if key_block not in KEY_BLOCKS:
+            raise ValueError(f"key_block must be one of {KEY_BLOCKS}, got {key_block}")
         if dtype_name(k) not in ("float16", "bfloat16", "float32"):
             raise ValueError(f"k must be float16, bfloat16 or float32, got {dtype_name(k)}")
     else:  # validated by call_geometry
