@@ -17,6 +17,8 @@ Rows per length:
   original       with --original PATH: the original PSA (a ziplab/Pyramid-Sparse-Attention checkout the user
                  provides, imported at run time by benchmarks/original_psa.py) at the paper configuration, on
                  the same inputs as psa-full, with its own sparsity and its error vs dense
+  X@sparse       dense, psa-full:paper and original again on inputs whose attention is concentrated
+                 (paddlemix_psa.synthetic.SPARSE_SETTINGS: the paper preset skips ~90% of the work there)
 Columns: median ms (triton.testing.do_bench), ratio = dense ms / row ms, TFLOP/s of the work done
 (density x dense causal FLOPs / time), measured density, cosine and rel-L2 of the output vs dense.
 
@@ -67,11 +69,11 @@ def bench_ms(fn, rep_ms=300):
     return float(do_bench(fn, warmup=max(25, 2 * est), rep=rep, return_mode="median"))
 
 
-def synthetic_qkv(L, seed=0, dtype=torch.bfloat16):
+def synthetic_qkv(L, seed=0, dtype=torch.bfloat16, **settings):
     """The package's structured generator (paddlemix_psa.synthetic: semantic runs, locality, smooth values),
-    the same inputs `paddlemix-psa attention` uses, moved to the GPU."""
+    the same inputs `paddlemix-psa attention` uses, moved to the GPU; ``settings`` override its defaults."""
     from paddlemix_psa.synthetic import structured_qkv
-    q, k, v = structured_qkv(L, q_heads=HQ, kv_heads=HKV, head_dim=D, seed=seed)
+    q, k, v = structured_qkv(L, q_heads=HQ, kv_heads=HKV, head_dim=D, seed=seed, **settings)
     return tuple(torch.from_numpy(x).to("cuda", dtype).contiguous() for x in (q, k, v))
 
 
@@ -218,6 +220,33 @@ def run_length(L, args, results, cfg):
             results.append(dict(L=L, row="psa-full", impl="not run (see the traceback in the log)", ms=None))
     del q, k, v, ref
     torch.cuda.empty_cache()
+    if not args.no_full and "paper" in args.full_configs:
+        try:
+            run_sparse(L, args, results)
+        except Exception:
+            traceback.print_exc()
+            results.append(dict(L=L, row="psa-full:paper@sparse", impl="not run (see the traceback in the log)",
+                                ms=None))
+        torch.cuda.empty_cache()
+
+
+def run_sparse(L, args, results):
+    """The paper preset (and the original) where they skip about 90% of the work: inputs whose attention is
+    concentrated (``synthetic.SPARSE_SETTINGS``), the issue's "sparsity >= 0.9" operating point. Rows get the
+    suffix ``@sparse``; their ratios are to cuDNN timed on these inputs."""
+    from paddlemix_psa.synthetic import SPARSE_SETTINGS
+
+    q, k, v = synthetic_qkv(L, seed=L, **SPARSE_SETTINGS)
+    name, dense_fn, _ = pick_dense(q, k, v, only=args.dense_backend)
+    ref = dense_fn().clone()
+    dense_ms = bench_ms(dense_fn)
+    F = dense_flops(L)
+    row = dict(L=L, row="dense@sparse", impl=name, ms=dense_ms, ratio=1.0, tflops=F / dense_ms / 1e9, density=1.0,
+               cos=1.0, rel_l2=0.0, est_share=None)
+    results.append(row)
+    print_row(row)
+    run_full(q, k, v, L, ref, dense_ms, F, results, args, configs=("paper",), tag="@sparse")
+    del q, k, v, ref
 
 
 #: triton-dense launch config: the best of the H200 sweep (benchmarks/NOTES-attn.md)
@@ -254,14 +283,14 @@ def _graph_ms(fn):
     return bench_ms(graph.replay), graph
 
 
-def run_full(q, k, v, L, ref, dense_ms, F, results, args):
+def run_full(q, k, v, L, ref, dense_ms, F, results, args, configs=None, tag=""):
     from paddlemix_psa.kernels import pipeline
     from paddlemix_psa.kernels.geometry import call_geometry
 
     def alloc(shape, dt):
         return torch.empty(tuple(shape), device="cuda", dtype=getattr(torch, dt))
 
-    for name in args.full_configs:
+    for name in configs or args.full_configs:
         plan_kw = FULL_CONFIGS[name]
 
         def full():
@@ -309,12 +338,12 @@ def run_full(q, k, v, L, ref, dense_ms, F, results, args):
             graph_ms, graph = _graph_ms(full)
             del graph
         except Exception as e:  # report, never hide: a capture failure is a finding
-            print(f"  full-PSA [{name}] CUDA graph capture failed: {type(e).__name__}: {str(e)[:160]}")
+            print(f"  full-PSA [{name}{tag}] CUDA graph capture failed: {type(e).__name__}: {str(e)[:160]}")
             graph_ms = None
-        print(f"  full-PSA [{name}] plan {plan_ms:.3f} ms of {ms:.3f} ms; graph replay "
+        print(f"  full-PSA [{name}{tag}] plan {plan_ms:.3f} ms of {ms:.3f} ms; graph replay "
               f"{'-' if graph_ms is None else f'{graph_ms:.3f}'} ms; plan scratch {scratch / 2**20:.0f} MiB; "
               f"stages {', '.join(f'{k} {v:.3f}' for k, v in split.items())}", flush=True)
-        row = dict(L=L, row=f"psa-full:{name}", impl="pipeline", ms=ms, ratio=dense_ms / ms,
+        row = dict(L=L, row=f"psa-full:{name}{tag}", impl="pipeline", ms=ms, ratio=dense_ms / ms,
                    tflops=md * F / ms / 1e9, density=md, cos=cos, rel_l2=rel, est_share=plan_ms / ms,
                    est_ms=plan_ms, est_vs_dense=plan_ms / dense_ms, level_hist=hist, stages_ms=split,
                    graph_ms=graph_ms, plan_scratch_bytes=scratch,
@@ -322,17 +351,17 @@ def run_full(q, k, v, L, ref, dense_ms, F, results, args):
         results.append(row)
         print_row(row)
     if args.original_psa is not None:
-        run_original(q, k, v, L, ref, dense_ms, F, results, args)
+        run_original(q, k, v, L, ref, dense_ms, F, results, args, tag)
 
 
-def run_original(q, k, v, L, ref, dense_ms, F, results, args):
+def run_original(q, k, v, L, ref, dense_ms, F, results, args, tag=""):
     fn = args.original_psa.make_fn(q, k, v)  # repeats K/V to the query heads once, outside the timed region
     out, sparsity, density = fn()
     cos, rel = quality(out, ref)
     del out
     ms = bench_ms(fn)
     del fn
-    row = dict(L=L, row="original", impl=f"ziplab PSA {args.original_psa.revision[:7]} (paper cfg)", ms=ms,
+    row = dict(L=L, row=f"original{tag}", impl=f"ziplab PSA {args.original_psa.revision[:7]} (paper cfg)", ms=ms,
                ratio=dense_ms / ms, tflops=density * F / ms / 1e9, density=density, sparsity=sparsity, cos=cos,
                rel_l2=rel, est_share=None, ratio_fa2=None if args.fa2_ms is None else args.fa2_ms / ms)
     results.append(row)
