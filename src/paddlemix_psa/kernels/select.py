@@ -42,10 +42,21 @@ def _top_set(mono, key, rank, c):
     ``key`` is ``mono`` sorted descending: the c-th key is the threshold; blocks above it are in, and of the blocks
     equal to it the first ``c - #above`` by j (an inclusive count of ties over j)."""
     t = tl.sum(tl.where(rank == c - 1, key, 0), axis=0)
-    above = mono > t
-    tie = mono == t
-    n_tie_in = c - tl.sum(above.to(tl.int32), axis=0)
-    return (c > 0) & (above | (tie & (tl.cumsum(tie.to(tl.int32), axis=0) <= n_tie_in)))
+    member = mono >= t
+    # at least the first c blocks are >= t; only when ties at t straddle the boundary does j decide among them
+    if (c > 0) & (tl.sum(member.to(tl.int32), axis=0) > c):
+        above = mono > t
+        tie = mono == t
+        n_tie_in = c - tl.sum(above.to(tl.int32), axis=0)
+        member = above | (tie & (tl.cumsum(tie.to(tl.int32), axis=0) <= n_tie_in))
+    return (c > 0) & member
+
+
+@triton.jit
+def _pair_sums(lo, hi):
+    """Sums of two non-negative int32 counts (< 2^31 in total) through ONE reduction of an int64 pair."""
+    s = tl.sum(lo.to(tl.int64) + (hi.to(tl.int64) << 32), axis=0)
+    return (s - ((s >> 32) << 32)).to(tl.int32), (s >> 32).to(tl.int32)
 
 
 @triton.jit
@@ -68,31 +79,37 @@ def _write_index_list(lv, j, valid, l_row, c_row, runs_ptr, jfull, lut_width, NK
     gives its first ``RUN * floor(length / RUN)`` blocks, which the kernel loads as slabs of RUN blocks (TMA;
     a slab is exact at any row offset, so stretches need no alignment). The other level-1 blocks follow in
     ascending j, so the masked ones stay last."""
-    base = 0
+    one = (valid & (lv == 1)).to(tl.int32)
+    f2 = (valid & (lv == 2)).to(tl.int32)
+    f4 = (valid & (lv == 4)).to(tl.int32)
+    f8 = (valid & (lv == 8)).to(tl.int32)
+    in_run = one * 0
     if RUN > 0:
-        one = (valid & (lv == 1)).to(tl.int32)
         ok = (one > 0) & (j < jfull)
         # the stretch around j: (last non-eligible index before it, first one after it), by two scans
         before = tl.associative_scan(tl.where(ok, -1, j), 0, _max_combine)
         after = tl.associative_scan(tl.where(ok, NK_PAD, j), 0, _min_combine, reverse=True)
         length = after - before - 1
         in_run = (ok & (j - before - 1 < (length // RUN) * RUN)).to(tl.int32)
-        rest = one - in_run
-        pos = tl.cumsum(in_run, axis=0) - in_run
-        tl.store(l_row + pos, j, mask=in_run > 0)
-        n_run = tl.sum(in_run, axis=0)
-        pos = n_run + tl.cumsum(rest, axis=0) - rest
-        tl.store(l_row + pos, j, mask=rest > 0)
-        tl.store(c_row, n_run + tl.sum(rest, axis=0))
+    rest = one - in_run
+    n_run, n_rest = _pair_sums(in_run, rest)
+    n2, n4 = _pair_sums(f2, f4)
+    n8 = tl.sum(f8, axis=0)
+    # each kept block's slot: its group's start plus an exclusive prefix count within the group; one store
+    pos = tl.where(rest > 0, n_run + tl.cumsum(rest, axis=0) - rest, 0)
+    if RUN > 0:
+        pos += tl.where(in_run > 0, tl.cumsum(in_run, axis=0) - in_run, 0)
+    pos += tl.where(f2 > 0, n_run + n_rest + tl.cumsum(f2, axis=0) - f2, 0)
+    pos += tl.where(f4 > 0, n_run + n_rest + n2 + tl.cumsum(f4, axis=0) - f4, 0)
+    pos += tl.where(f8 > 0, n_run + n_rest + n2 + n4 + tl.cumsum(f8, axis=0) - f8, 0)
+    tl.store(l_row + pos, j, mask=(one + f2 + f4 + f8) > 0)
+    tl.store(c_row, n_run + n_rest)
+    tl.store(c_row + 1, n2)
+    tl.store(c_row + 2, n4)
+    tl.store(c_row + 3, n8)
+    if RUN > 0:
         tl.store(runs_ptr, n_run // RUN)
-        base = n_run + tl.sum(rest, axis=0)
-    for t in tl.static_range(1 if RUN > 0 else 0, 4):
-        f = (valid & (lv == (1 << t))).to(tl.int32)
-        pos = base + tl.cumsum(f, axis=0) - f  # exclusive prefix sum
-        tl.store(l_row + pos, j, mask=f > 0)
-        cnt = tl.sum(f, axis=0)
-        tl.store(c_row + t, cnt)
-        base += cnt
+    base = n_run + n_rest + n2 + n4 + n8
     tl.store(l_row + j, tl.zeros([NK_PAD], dtype=tl.int32), mask=(j >= base) & (j < lut_width))
     for z0 in range(NK_PAD, lut_width, NK_PAD):        # padding beyond this bucket's width
         tl.store(l_row + z0 + j, tl.zeros([NK_PAD], dtype=tl.int32), mask=z0 + j < lut_width)
@@ -157,10 +174,8 @@ def _select_levels_kernel(Scores, Map, Cap, Counters, Lut, Counts, Runs,
         total = tl.sum(x, axis=0)
         E = tl.minimum(tl.cumsum(x, axis=0) / total, 1.0)
         E = tl.where(rank == n - 1, 1.0, E)
-        c1 = tl.sum((vr & (E <= e1)).to(tl.int32), axis=0)
-        c2 = tl.sum((vr & (E <= e2)).to(tl.int32), axis=0)
-        c4 = tl.sum((vr & (E <= e4)).to(tl.int32), axis=0)
-        c8 = tl.sum((vr & (E <= e8)).to(tl.int32), axis=0)
+        c1, c2 = _pair_sums(vr & (E <= e1), vr & (E <= e2))
+        c4, c8 = _pair_sums(vr & (E <= e4), vr & (E <= e8))
         good = (total > 0.0) & (total < float("inf"))  # NaN fails both
         n_degenerate = tl.where(good, 0, 1)
     # ... mapped back to j order: the first c blocks of (score descending, ties to the smaller j)
@@ -172,37 +187,33 @@ def _select_levels_kernel(Scores, Map, Cap, Counters, Lut, Counts, Runs,
         lvl = tl.where(good, lvl, 1)  # degenerate rows: every valid block at level 1
     lvl = tl.where(valid, lvl, 0)  # F2: upper (and padding) lanes -> 0
 
-    # ---- §8 forced rules
-    n_tail = 0
+    # ---- §8 forced rules (the pairs each one changes are counted only for ``counters``)
+    changed_tail = j < 0
+    changed_diag = j < 0
+    changed_sink = j < 0
+    changed_cap = j < 0
     if TAIL:
         last_key = tl.minimum((j + 1) * KEY_BLOCK, Lk) - 1
-        f1 = valid & ((z_i >= tail_start) | (last_key >= tail_start)) & (lvl != 1)
-        n_tail = tl.sum(f1.to(tl.int32), axis=0)
-        lvl = tl.where(f1, 1, lvl)
-    n_diag = 0
+        changed_tail = valid & ((z_i >= tail_start) | (last_key >= tail_start)) & (lvl != 1)
+        lvl = tl.where(changed_tail, 1, lvl)
     if CAUSAL:
-        f3 = valid & (j >= (i * QUERY_BLOCK + off) // KEY_BLOCK) & (lvl != 1)
-        n_diag = tl.sum(f3.to(tl.int32), axis=0)
-        lvl = tl.where(f3, 1, lvl)
-    n_sink = 0
+        changed_diag = valid & (j >= (i * QUERY_BLOCK + off) // KEY_BLOCK) & (lvl != 1)
+        lvl = tl.where(changed_diag, 1, lvl)
     if FORCE_SINK:
-        f4 = (j == 0) & (lvl != 1)
-        n_sink = tl.sum(f4.to(tl.int32), axis=0)
-        lvl = tl.where(f4, 1, lvl)
-    n_cap = 0
+        changed_sink = (j == 0) & (lvl != 1)
+        lvl = tl.where(changed_sink, 1, lvl)
     if HAS_CAP:
         kvh = h // G
         c_row = Cap + b.to(tl.int64) * stride_cb + kvh.to(tl.int64) * stride_ch
         cap = tl.load(c_row + j, mask=valid, other=8).to(tl.int32)
-        f5 = valid & (lvl > 1) & (cap < lvl)
-        n_cap = tl.sum(f5.to(tl.int32), axis=0)
-        lvl = tl.where(f5, cap, lvl)
+        changed_cap = valid & (lvl > 1) & (cap < lvl)
+        lvl = tl.where(changed_cap, cap, lvl)
     kept = tl.sum((valid & (lvl > 0)).to(tl.int32), axis=0)
-    # F6: the top-ranked valid block (highest score, smallest j among ties)
-    top = tl.min(tl.where(valid & (mono == tl.max(mono, axis=0)), j, NK_PAD), axis=0)
-    f6 = (j == top) & (kept == 0)
-    n_guard = tl.sum(f6.to(tl.int32), axis=0)
-    lvl = tl.where(f6, 1, lvl)
+    n_guard = kept * 0
+    if kept == 0:  # F6: the top-ranked valid block (highest score, smallest j among ties)
+        top = tl.min(tl.where(valid & (mono == tl.max(mono, axis=0)), j, NK_PAD), axis=0)
+        n_guard = tl.sum((j == top).to(tl.int32), axis=0)
+        lvl = tl.where(j == top, 1, lvl)
 
     m_row = Map + b.to(tl.int64) * stride_mb + h.to(tl.int64) * stride_mh + i.to(tl.int64) * stride_mi
     tl.store(m_row + j, lvl.to(tl.int8), mask=j < nk)
@@ -218,6 +229,8 @@ def _select_levels_kernel(Scores, Map, Cap, Counters, Lut, Counts, Runs,
                           NK_PAD, RUN)
 
     if HAS_COUNTERS:
+        n_tail, n_diag = _pair_sums(changed_tail, changed_diag)
+        n_sink, n_cap = _pair_sums(changed_sink, changed_cap)
         if n_tail > 0:
             tl.atomic_add(Counters + 0, n_tail)
         if n_diag > 0:
