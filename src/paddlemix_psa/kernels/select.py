@@ -54,7 +54,7 @@ def _top_set(mono, key, rank, c):
 
 @triton.jit
 def _pair_sums(lo, hi):
-    """Sums of two non-negative int32 counts (< 2^31 in total) through ONE reduction of an int64 pair."""
+    """The sums of two non-negative counts (each sum < 2^31) from ONE reduction over an int64 pair."""
     s = tl.sum(lo.to(tl.int64) + (hi.to(tl.int64) << 32), axis=0)
     return (s - ((s >> 32) << 32)).to(tl.int32), (s >> 32).to(tl.int32)
 
