@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import subprocess
 import sys
@@ -153,17 +152,24 @@ def psa_fixed(q, k, v, M, cfg):
     return fn, out, run_share
 
 
-def run_length(L, args, results, cfg):
-    print(f"\n=== L = {L} ===", flush=True)
-    q, k, v = synthetic_qkv(L, seed=L)
+def dense_baseline(q, k, v, L, args, results, row_name="dense"):
+    """Time the dense baseline (the backend the first length picked) on these inputs and record its row;
+    returns (its output, the reference of every other row; its ms; dense causal FLOPs)."""
     name, dense_fn, args.dense_backend = pick_dense(q, k, v, only=args.dense_backend)
     ref = dense_fn().clone()
     dense_ms = bench_ms(dense_fn)
     F = dense_flops(L)
-    row = dict(L=L, row="dense", impl=name, ms=dense_ms, ratio=1.0, tflops=F / dense_ms / 1e9, density=1.0,
+    row = dict(L=L, row=row_name, impl=name, ms=dense_ms, ratio=1.0, tflops=F / dense_ms / 1e9, density=1.0,
                cos=1.0, rel_l2=0.0, est_share=None)
     results.append(row)
     print_row(row)
+    return ref, dense_ms, F
+
+
+def run_length(L, args, results, cfg):
+    print(f"\n=== L = {L} ===", flush=True)
+    q, k, v = synthetic_qkv(L, seed=L)
+    ref, dense_ms, F = dense_baseline(q, k, v, L, args, results)
     fa2_ms = None
     if args.dense_backend[0] != "FLASH_ATTENTION":  # FlashAttention-2 (torch's flash backend) for context
         try:
@@ -237,14 +243,7 @@ def run_sparse(L, args, results):
     from paddlemix_psa.synthetic import SPARSE_SETTINGS
 
     q, k, v = synthetic_qkv(L, seed=L, **SPARSE_SETTINGS)
-    name, dense_fn, _ = pick_dense(q, k, v, only=args.dense_backend)
-    ref = dense_fn().clone()
-    dense_ms = bench_ms(dense_fn)
-    F = dense_flops(L)
-    row = dict(L=L, row="dense@sparse", impl=name, ms=dense_ms, ratio=1.0, tflops=F / dense_ms / 1e9, density=1.0,
-               cos=1.0, rel_l2=0.0, est_share=None)
-    results.append(row)
-    print_row(row)
+    ref, dense_ms, F = dense_baseline(q, k, v, L, args, results, row_name="dense@sparse")
     run_full(q, k, v, L, ref, dense_ms, F, results, args, configs=("paper",), tag="@sparse")
     del q, k, v, ref
 
